@@ -177,6 +177,12 @@ def _can_reach(numbers, target):
     return False
 
 
+def clear_solver_caches():
+    """Forget every memoised sub-result (for cold-start timings; the caches are bounded anyway)."""
+    for cached in (_splits, _reachable, _can_reach, _expressions):
+        cached.cache_clear()
+
+
 def is_solvable(values, target=24):
     """Whether the numbers can make the target; fast (no formula is built)."""
     return _can_reach(tuple(sorted(values)), (target, 1))

@@ -1,0 +1,446 @@
+"""Every dataset of the study: frozen and diverse prompts, answer-only and chain-of-thought (CoT)
+SFT targets, RL prompt sets and the sixteen evaluation sets, as chat-format JSONL.
+
+    python make_data.py --out data                      # the paper's sizes (about a minute)
+    python make_data.py --out data --scale small        # a few records per file, for tests/demos
+    python make_data.py --out data --style compact --sok-train-rooms 20000 --sok-augment
+
+Every record is {"messages": [...], "meta": {...}}. SFT records hold the user prompt and the
+assistant target, RL and evaluation records the user prompt only; `meta` holds what scoring needs
+(see the README). The same command always writes byte-identical files.
+
+One function renders each task's prompt (`sokoban_prompt`, `gpoints_prompt`); training, RL and
+evaluation all go through it, so train and test prompts cannot drift apart. `--style compact`
+keeps the same information (the names, the grid or cards, the answer format) in far fewer tokens,
+for the tiny models of the CPU study; it is recorded in every record's meta.style and the
+evaluator renders later turns in the same style.
+
+Evaluation never overlaps training. Sokoban: no state on a shortest solution of an evaluation
+room, in any of its 8 rotations/reflections, is a training or RL state (rooms touching one are
+skipped). General Points: the four-card hands (multisets of ranks) are split once into a held-out
+part, from which every four-card test set is dealt, and a training part for the rest; five-card
+and Large hands never occur in training at all.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+from tqdm import tqdm
+
+import env_gpoints as gp
+import env_sokoban as sok
+
+# -----------------------------------------------------------------------------
+# arguments
+
+SCALES = {  # file sizes: the paper's, and a small set for tests and demos
+    "full": dict(sok_train_rooms=1000, sok_rl_rooms=1000, sok_eval_rooms=100, gp_train=10000, gp_rl=10000, gp_eval=500),
+    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"make_data.py: error: {message}")  # one line, not usage + error
+    parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="default sizes: the paper's, or a few records")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
+    parser.add_argument("--style", choices=("full", "compact"), default="full",
+                        help="prompt style: the paper's wording, or a short one with the same information for tiny models")
+    parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints"), default=("sokoban", "gpoints"), help="which tasks to write")
+    group = parser.add_argument_group("sizes (default: set by --scale)")
+    group.add_argument("--sok-train-rooms", type=int, help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
+    group.add_argument("--sok-rl-rooms", type=int, help="rooms behind the RL prompt sets")
+    group.add_argument("--sok-eval-rooms", type=int, help="rooms per Sokoban evaluation set")
+    group.add_argument("--sok-augment", action="store_true", help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
+    group.add_argument("--gp-train", type=int, help="records per General Points SFT file")
+    group.add_argument("--gp-rl", type=int, help="records per General Points RL file")
+    group.add_argument("--gp-eval", type=int, help="problems per General Points evaluation set")
+    group.add_argument("--gp-heldout", type=float, default=0.3, help="share of four-card hands reserved for evaluation")
+    args = parser.parse_args(argv)
+    for key, value in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 0 < args.gp_heldout < 1:
+        parser.error("--gp-heldout must be between 0 and 1")
+    return args
+
+# -----------------------------------------------------------------------------
+# vocabularies
+#
+# The diverse names: common English words, none of them a test name (letters, digits, symbols),
+# a direction word, or a word of the game itself, so the test vocabularies stay unseen.
+WORD_POOL = tuple("""
+cat dog cow pig hen fox owl bee ant bat elk yak emu eel ram goat duck frog lion wolf bear deer seal swan crab
+moth toad mole hawk crow dove lamb mule pony puma newt orca tuna shark whale horse mouse tiger zebra camel
+otter panda koala sheep snake eagle raven robin llama bison moose sloth lemur gecko squid
+red blue green pink gold gray black white brown purple orange yellow silver violet cyan amber ivory olive
+coral navy teal beige maroon crimson indigo
+apple bread cake rice soup milk egg pear plum corn bean salt honey lemon mango melon grape olive peach
+cherry onion pepper carrot potato tomato butter cheese cookie pasta pizza sugar tea coffee juice candy
+lamp book cup pen hat key ring bell coin drum flag kite rope sock shoe vase bowl fork spoon chair table
+clock brush comb glove mask jar mug pot pan sofa desk door bed rug fan radio piano guitar violin camera
+bottle basket bucket candle ladder mirror pillow pencil rocket wagon anchor bridge castle garden island
+river forest desert valley meadow planet comet cloud storm rain snow wind thunder
+sing swim read jump run dance laugh cook paint write sleep dream climb throw catch build smile wave
+""".split())
+WORD_POOL = tuple(dict.fromkeys(WORD_POOL))  # a word listed twice counts once
+FORBIDDEN_NAMES = {w.casefold() for vocab in sok.VOCABS.values() for w in vocab.values()} | {
+    "up", "down", "left", "right", "north", "south", "east", "west", "box", "wall", "floor", "target", "player",
+    "push", "pull", "move", "step", "goal"}
+assert not FORBIDDEN_NAMES & set(WORD_POOL) and all(len(w) > 1 and w.isalpha() for w in WORD_POOL)
+
+
+def diverse_names(rng):
+    """Four distinct words of the pool as the names of Up, Down, Left, Right."""
+    words = rng.choice(len(WORD_POOL), size=4, replace=False)
+    return {action: WORD_POOL[i] for action, i in zip(sok.ACTIONS, words)}
+
+# -----------------------------------------------------------------------------
+# prompts and replies (the one place they are written)
+
+
+def sokoban_prompt(grid, names, style="full"):
+    """The user prompt for one Sokoban state. `names` maps each canonical direction to the word
+    the prompt tells the model to answer with."""
+    words = [names[a] for a in sok.ACTIONS]
+    plain = names == sok.VOCABS["default"]
+    if style == "compact":
+        gloss = " ".join(f"{names[a]}={a}" for a in sok.ACTIONS)
+        return f"sokoban. actions: {gloss}\n{grid}\nnext action?"
+    gloss = "" if plain else "\nwhere " + ", ".join(f"{names[a]} is {a}" for a in sok.ACTIONS) + "."
+    answers = " | ".join(f"<answer>{w}</answer>" for w in words)
+    return (
+        "You are a Sokoban solver.\n"
+        "Sokoban quick guide\n"
+        "Goal: push every box onto a target.\n"
+        "Symbols: # wall, _ floor, O target, X box, √ box on target, P player, S player on target.\n"
+        "Rules: you can push a box but never pull it, and neither you nor a box can pass through a wall.\n"
+        f"Answers: {answers}{gloss}\n"
+        "Rewards: each move -0.1, a box onto a target +1, a box off a target -1, all boxes on targets +10.\n\n"
+        f"Current state:\n{grid}\n\n"
+        "Decide the next action.\n"
+        "Think inside <think> </think>, then give your answer inside <answer> </answer>."
+    )
+
+
+def sokoban_reply(word, think=""):
+    return f"<think>{' ' + think + ' ' if think else ' '}</think> <answer> {word} </answer>"
+
+
+def gpoints_prompt(cards, mapping, target=24, style="full"):
+    """The user prompt for one hand. `mapping` is the J/Q/K mapping stated in the prompt."""
+    shown = gp.MAPPINGS[mapping] if isinstance(mapping, str) else mapping
+    if style == "compact":
+        faces = " ".join(f"{f}={shown[f]}" for f in gp.FACE_RANKS)
+        return f"points. cards: {' '.join(cards)}. {faces}. target {target}. json formula?"
+    return (
+        "You are an expert player of the card game General Points.\n"
+        f"Make {target} with the cards below: use the value of every card exactly once, with the operators "
+        "+, -, *, / and brackets.\n"
+        f"Note that {gp.describe_mapping(shown)}; every other card counts as its number (A is 1).\n"
+        f"Cards: {', '.join(cards)}\n"
+        "Think inside <think> </think>, then answer with one JSON object: "
+        '{"cards": [the cards], "number": [their values], "formula": "an expression that equals '
+        f'{target}"}}.'
+    )
+
+
+def gpoints_reply(cards, values, formula, think=""):
+    answer = json.dumps({"cards": list(cards), "number": [int(v) for v in values], "formula": formula})
+    return f"<think>{' ' + think + ' ' if think else ' '}</think> {answer}"
+
+# -----------------------------------------------------------------------------
+# chain-of-thought written by the solvers
+
+
+def _cell(pos):
+    return f"({pos[0]},{pos[1]})"
+
+
+def sokoban_cot(env, solution, names):
+    """A short trace of the plan: where everything is, the first push of a shortest solution and
+    the walk to it, then the first move in the prompt's vocabulary."""
+    push_at, player = None, env.player
+    boxes = set(env.boxes)
+    for i, action in enumerate(solution):
+        dr, dc = sok.ACTION_DELTAS[action]
+        ahead = (player[0] + dr, player[1] + dc)
+        if ahead in boxes:
+            push_at = i
+            box, dest = ahead, (ahead[0] + dr, ahead[1] + dc)
+            break
+        player = ahead
+    walk = " ".join(solution[:push_at]) or "none"
+    lines = [
+        f"player {_cell(env.player)}.",
+        "boxes " + " ".join(_cell(b) for b in env.boxes) + ".",
+        "targets " + " ".join(_cell(t) for t in sorted(env.targets)) + ".",
+        f"push box {_cell(box)} {solution[push_at]} to {_cell(dest)}.",
+        f"walk {walk}, then push {solution[push_at]}.",
+        f"first move {solution[0]}, named {names[solution[0]]}.",
+    ]
+    return " ".join(lines)
+
+
+def _number(x):
+    return str(x) if not isinstance(x, Fraction) or x.denominator != 1 else str(x.numerator)
+
+
+def gpoints_cot(cards, values, target=24):
+    """A compact search trace: the values of the cards, then each combination of the solution
+    found by the search with the numbers left after it, until only the target is left."""
+    steps = gp.solution_steps(values, target)
+    left = [Fraction(v) for v in values]
+    lines = ["cards " + " ".join(cards) + " are " + " ".join(_number(v) for v in values) + "."]
+    for a, op, b, result in steps:
+        left.remove(Fraction(a))
+        left.remove(Fraction(b))
+        left.append(Fraction(result))
+        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left " + " ".join(_number(x) for x in left) + ".")
+    lines.append(f"reached {target}.")
+    return " ".join(lines)
+
+# -----------------------------------------------------------------------------
+# Sokoban sets
+
+
+def stream(seed, name):
+    """An independent generator per file, so that changing one file's size leaves the others."""
+    return np.random.default_rng([seed, *name.encode()])
+
+
+def room_seeds(seed, name, n):
+    return stream(seed, name + "/rooms").integers(2**62, size=n).tolist()
+
+
+def solution_states(env):
+    """(env at each state, its optimal first moves, a shortest solution from it) along a
+    shortest solution of the room; the solved state is left out."""
+    states, solution = [], sok.solve(env)
+    state = env.copy()
+    for i in range(len(solution)):
+        states.append((state.copy(), sok.optimal_actions(state), solution[i:]))
+        state.step(solution[i])
+    return states
+
+
+def sokoban_meta(variant, grid, env, names, accepted, optimal, seed, style):
+    return dict(task="sokoban", variant=variant, grid=grid, dim=list(env.dim), num_boxes=env.num_boxes, seed=seed,
+                names=names, accepted=accepted, optimal=[a for a in sok.ACTIONS if a in optimal], style=style)
+
+
+def sokoban_eval_sets(args):
+    """The 8 evaluation sets and the canonical keys of every state on their shortest solutions.
+    Alpha/Num/Rand/Fake reuse ID's rooms, so their differences from ID are paired."""
+    sets, keys = {}, set()
+    rooms_by_setting = {}
+    for variant, spec in tqdm(sok.VARIANTS.items(), desc="sokoban eval", leave=False):
+        setting = (tuple(spec["dim"]), spec["num_boxes"])
+        if setting not in rooms_by_setting:
+            seeds = room_seeds(args.seed, f"sokoban/eval/{setting}", args.sok_eval_rooms)
+            rooms_by_setting[setting] = [sok.generate_room(setting[0], setting[1], s) for s in seeds]
+            for env in rooms_by_setting[setting]:
+                keys.update(sok.canonical_key(state.render()) for state, _, _ in solution_states(env))
+        names, accepted = sok.VOCABS[spec["names"]], sok.VOCABS[spec["accepted"]]
+        records = []
+        for env in rooms_by_setting[setting]:
+            grid = env.render()
+            meta = sokoban_meta(variant, grid, env, names, accepted, sok.optimal_actions(env), env.seed, args.style)
+            records.append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+        sets[variant] = records
+    return sets, keys
+
+
+def sokoban_states(args, name, n_rooms, eval_keys):
+    """Single-step states of n_rooms 6x6 one-box rooms, skipping rooms that touch an evaluation
+    state. Returns [(grid, env, optimal, solution, seed, symmetry)], augmented if asked."""
+    states, skipped = [], 0
+    seeds = iter(room_seeds(args.seed, name, 50 * n_rooms + 100))
+    with tqdm(total=n_rooms, desc=name, leave=False) as bar:
+        while bar.n < n_rooms:
+            seed = next(seeds)
+            path = solution_states(sok.generate_room((6, 6), 1, seed))
+            grids = [state.render() for state, _, _ in path]
+            if any(sok.canonical_key(g) in eval_keys for g in grids):
+                skipped += 1
+                continue
+            for grid, (state, optimal, solution) in zip(grids, path):
+                variants = sok.symmetries(grid) if args.sok_augment else [(grid, {a: a for a in sok.ACTIONS})]
+                for k, (sym_grid, action_map) in enumerate(variants):
+                    sym_env = sok.SokobanEnv.from_text(sym_grid)
+                    states.append((sym_grid, sym_env, {action_map[a] for a in optimal},
+                                   [action_map[a] for a in solution], seed, k))
+            bar.update(1)
+    return states, skipped
+
+
+def sokoban_sft_sets(args, states):
+    """The four SFT sets over the same states: frozen or diverse names, answer-only or CoT."""
+    rng = stream(args.seed, "sokoban/diverse-names")
+    out = {"train_ans": [], "train_cot": [], "train_diverse_ans": [], "train_diverse_cot": []}
+    for grid, env, optimal, solution, seed, symmetry in states:
+        for prefix, names in (("train", sok.VOCABS["default"]), ("train_diverse", diverse_names(rng))):
+            meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta["symmetry"] = symmetry
+            prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
+            word = names[solution[0]]
+            for kind, think in (("ans", ""), ("cot", sokoban_cot(env, solution, names))):
+                reply = dict(role="assistant", content=sokoban_reply(word, think))
+                out[f"{prefix}_{kind}"].append(dict(messages=[prompt, reply], meta=meta))
+    return out
+
+
+def sokoban_rl_sets(args, states):
+    rng = stream(args.seed, "sokoban/rl-names")
+    out = {"rl": [], "rl_diverse": []}
+    for grid, env, optimal, _, seed, symmetry in states:
+        for name, names in (("rl", sok.VOCABS["default"]), ("rl_diverse", diverse_names(rng))):
+            meta = sokoban_meta("train" if name == "rl" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta["symmetry"] = symmetry
+            out[name].append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+    return out
+
+
+def check_sokoban(files):
+    """Every SFT target answers an optimal move under its own names; no training state is an
+    evaluation state in any orientation. Returns the number of overlapping states (0)."""
+    for name, records in files.items():
+        if name.startswith("train"):
+            for r in records:
+                action = sok.parse_answer(r["messages"][1]["content"], r["meta"]["names"])
+                assert action in r["meta"]["optimal"], (name, r)
+    eval_keys = {sok.canonical_key(r["meta"]["grid"]) for n, rs in files.items() if n.startswith("eval") for r in rs}
+    return sum(sok.canonical_key(r["meta"]["grid"]) in eval_keys
+               for n, rs in files.items() if not n.startswith("eval") for r in rs)
+
+
+def build_sokoban(args):
+    eval_sets, eval_keys = sokoban_eval_sets(args)
+    train_states, skipped_train = sokoban_states(args, "sokoban/train", args.sok_train_rooms, eval_keys)
+    rl_states, skipped_rl = sokoban_states(args, "sokoban/rl", args.sok_rl_rooms, eval_keys)
+    files = {**sokoban_sft_sets(args, train_states), **sokoban_rl_sets(args, rl_states)}
+    files.update({f"eval_{variant}": records for variant, records in eval_sets.items()})
+    notes = f"skipped {skipped_train + skipped_rl} rooms that touch an evaluation state"
+    return files, check_sokoban(files), notes
+
+# -----------------------------------------------------------------------------
+# General Points sets
+
+
+def heldout_hands(args):
+    """The four-card hands (multisets of ranks A-K) reserved for evaluation: a seeded share of
+    all 1,820, so that test hands never occur in training and still cover every card."""
+    hands = sorted({gp.hand_key(h) for h in _multisets(gp.RANKS, 4)}, key=lambda h: [gp.RANKS.index(c) for c in h])
+    rng = stream(args.seed, "gpoints/heldout")
+    chosen = rng.random(len(hands)) < args.gp_heldout
+    return frozenset(h for h, c in zip(hands, chosen) if c), frozenset(h for h, c in zip(hands, chosen) if not c)
+
+
+def _multisets(ranks, k, start=0):
+    if k == 0:
+        yield ()
+        return
+    for i in range(start, len(ranks)):
+        for rest in _multisets(ranks, k - 1, i):
+            yield (ranks[i],) + rest
+
+
+def gpoints_record(cards, shown, scored, variant, style, reply=None):
+    values = gp.hand_values(cards, scored)
+    meta = dict(task="gpoints", variant=variant, cards=list(cards), values=values, target=24,
+                mapping=dict(gp.MAPPINGS[shown]), style=style)
+    messages = [dict(role="user", content=gpoints_prompt(cards, shown, 24, style))]
+    if reply is not None:
+        messages.append(dict(role="assistant", content=reply))
+    return dict(messages=messages, meta=meta)
+
+
+def build_gpoints(args):
+    heldout, train_hands = heldout_hands(args)
+    files = {}
+    for variant, spec in tqdm(gp.VARIANTS.items(), desc="gpoints eval", leave=False):
+        rng = stream(args.seed, f"gpoints/eval/{variant}")
+        records = []
+        for _ in range(args.gp_eval):
+            cards = gp.deal(variant, rng, exclude=train_hands if spec["num_cards"] == 4 else frozenset())
+            records.append(gpoints_record(cards, spec["shown"], spec["scored"], variant, args.style))
+        files[f"eval_{variant}"] = records
+    exclude = heldout
+    for prefix, n, sft in (("train", args.gp_train, True), ("rl", args.gp_rl, False)):
+        for diverse in (False, True):
+            rng = stream(args.seed, f"gpoints/{prefix}/{diverse}")
+            name = prefix + ("_diverse" if diverse else "")
+            kinds = {f"{name}_ans": [], f"{name}_cot": []} if sft else {name: []}
+            for i in tqdm(range(n), desc=f"gpoints/{name}", leave=False):
+                mapping = gp.TRAIN_DIVERSE_MAPPINGS[i % len(gp.TRAIN_DIVERSE_MAPPINGS)] if diverse else "all10"
+                cards = gp.deal_train(rng, mapping, exclude=exclude)
+                variant = "diverse" if diverse else "train"
+                if not sft:
+                    kinds[name].append(gpoints_record(cards, mapping, mapping, variant, args.style))
+                    continue
+                values = gp.hand_values(cards, mapping)
+                formula = gp.solve_one(values)
+                for kind, think in (("ans", ""), ("cot", gpoints_cot(cards, values))):
+                    reply = gpoints_reply(cards, values, formula, think)
+                    kinds[f"{name}_{kind}"].append(gpoints_record(cards, mapping, mapping, variant, args.style, reply))
+            files.update(kinds)
+    return files, check_gpoints(files), f"{len(heldout)} of 1820 four-card hands held out for evaluation"
+
+
+def check_gpoints(files):
+    for name, records in files.items():
+        if name.startswith("train"):
+            for r in records:
+                assert gp.score(r["messages"][1]["content"], r["meta"]["values"]) == 5, (name, r)
+        if name.startswith(("train", "rl")):
+            assert all(set(r["meta"]["mapping"].items()) != set(gp.MAPPINGS[m].items())
+                       for r in records for m in gp.TEST_MAPPINGS), name
+    eval_keys = {gp.hand_key(r["meta"]["cards"]) for n, rs in files.items() if n.startswith("eval") for r in rs}
+    return sum(gp.hand_key(r["meta"]["cards"]) in eval_keys
+               for n, rs in files.items() if not n.startswith("eval") for r in rs)
+
+# -----------------------------------------------------------------------------
+# writing
+
+
+def write_jsonl(path, records):
+    """Atomically: a temporary file in the same directory, then a rename, so an interrupted run
+    never leaves half a file behind."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    builders = {"sokoban": build_sokoban, "gpoints": build_gpoints}
+    for task in args.tasks:
+        directory = os.path.join(args.out, task)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f".write-test-{os.getpid()}")
+            open(probe, "w").close()
+            os.remove(probe)
+        except OSError as e:
+            sys.exit(f"make_data.py: cannot write to {directory}: {e.strerror}")
+    for task in args.tasks:
+        t0 = time.time()
+        files, overlap, notes = builders[task](args)
+        for name, records in files.items():
+            write_jsonl(os.path.join(args.out, task, f"{name}.jsonl"), records)
+        print(f"{task}: {len(files)} files in {time.time() - t0:.1f}s; {notes}; eval/train overlap {overlap}")
+        for name, records in files.items():
+            print(f"  {task}/{name}.jsonl  {len(records)}")
+        if overlap:
+            sys.exit(f"make_data.py: {overlap} training records overlap the evaluation sets")
+
+
+if __name__ == "__main__":
+    main()

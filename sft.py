@@ -1,0 +1,614 @@
+"""Supervised fine-tuning (SFT) of a causal LM on chat-format JSONL, in one readable loop.
+
+Each data line is {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "meta": {...}};
+the loss covers the last assistant turn and its closing end-of-turn token only, summed over tokens
+and divided by the number of supervised tokens of the whole optimizer step (all micro-batches, all
+ranks). `--model` is a local Hugging Face directory (Qwen2.5, Llama-3.x, a previous run's
+`final/`) or `tiny`: a small Qwen2 model plus a byte-level BPE tokenizer trained on the data,
+saved to OUT/tiny_init/ and then loaded through the same code as any downloaded model.
+
+    # CPU demo (the tiny model, 2 cores)
+    python sft.py --model tiny --data data/sokoban/train_ans.jsonl --out runs/sok-ans
+    # one GPU
+    python sft.py --model /path/to/Qwen2.5-1.5B --data data/sokoban/train_ans.jsonl --out runs/q15-ans
+    # one node, 8 GPUs, paper scale (7-8B does not fit DDP: shard it)
+    torchrun --standalone --nproc_per_node=8 sft.py --model /path/to/Qwen2.5-7B --fsdp \
+        --grad-checkpointing --data data/sokoban/train_cot.jsonl --out runs/q7-cot --epochs 5
+    # 2 CPU processes (gloo), e.g. to check DDP
+    torchrun --standalone --nproc_per_node=2 sft.py --model tiny --data ... --out ...
+
+Outputs: OUT/config.json (resolved arguments), OUT/log.jsonl (one line per step), OUT/step_N/ and
+OUT/final/: Hugging Face model directories (weights, config, tokenizer with chat template) plus
+trainer_state.pt (optimizer, scaler, step, RNG) so that `--resume` continues exactly.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# arguments
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data and model")
+    g.add_argument("--model", default="tiny", help="local Hugging Face model directory, or 'tiny' to build a small Qwen2 model and tokenizer from the data")
+    g.add_argument("--data", required=True, help="training JSONL, one chat per line ({'messages': [...]})")
+    g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
+    g.add_argument("--max-length", type=int, default=1024, help="longest sequence in tokens (the paper used 5000); longer ones are dropped, or cut with --truncate")
+    g.add_argument("--truncate", action="store_true", help="cut sequences longer than --max-length instead of dropping them")
+    g = p.add_argument_group("tiny model (--model tiny)")
+    g.add_argument("--tiny-hidden", type=int, default=128, help="hidden size")
+    g.add_argument("--tiny-layers", type=int, default=4, help="number of transformer layers")
+    g.add_argument("--tiny-heads", type=int, default=4, help="attention heads (as many key/value heads)")
+    g.add_argument("--tiny-ffn", type=int, default=512, help="MLP intermediate size")
+    g.add_argument("--tiny-vocab", type=int, default=2048, help="BPE vocabulary size (an upper bound: a small corpus yields fewer merges)")
+    g = p.add_argument_group("optimisation (defaults: the paper's AdamW recipe)")
+    g.add_argument("--epochs", type=float, default=5, help="passes over the data (the paper: 5)")
+    g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs when > 0")
+    g.add_argument("--batch-size", type=int, default=128, help="global batch in sequences per optimizer step, over all ranks")
+    g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward on one rank; accumulation = batch / (micro * ranks)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 1e-5 for pretrained models, 1e-3 for a tiny model (config key tiny_model)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up before the cosine decay")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (matrices and embeddings only, not norms or biases)")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--kl-coef", type=float, default=0.0, help="weight of KL(policy || initial model) on response tokens (paper App. C: 0.05/0.1/0.5)")
+    g.add_argument("--l2-coef", type=float, default=0.0, help="weight of the squared distance of the weights to the initial ones (paper App. C)")
+    g.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches instead of length-grouped ones (more padding)")
+    g = p.add_argument_group("system")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype (fp16 adds a GradScaler); weights and optimizer stay fp32")
+    g.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer over ranks with PyTorch FSDP2 (fully_shard); needs torchrun")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    g.add_argument("--seed", type=int, default=0, help="seed for the tiny model, the batch order and every RNG")
+    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); a fresh start if none")
+    g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
+    g.add_argument("--log-every", type=int, default=10, help="print a log line every this many steps (log.jsonl gets every step)")
+    return p
+
+
+class UserError(Exception):
+    """A problem with the inputs: reported as one line, without a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# data: JSONL, chat encoding with position-based loss masks, length-grouped batches
+
+
+def read_jsonl(path, check=None):
+    """All records of a JSONL file; blank lines are skipped. `check(record)` may return an error string."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+            problem = check(record) if check else None
+            if problem:
+                raise UserError(f"{path}:{line_no}: {problem}")
+            records.append(record)
+    return records
+
+
+def check_chat_record(record):
+    msgs = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(msgs, list) or len(msgs) < 2 or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+        return "expected {'messages': [{'role': ..., 'content': ...}, ...]} with at least two turns"
+    if msgs[-1]["role"] != "assistant":
+        return f"the last message must be the assistant's (got role {msgs[-1]['role']!r})"
+    return None
+
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+def end_of_turn_ids(tokenizer):
+    """Token ids that can close an assistant turn: the EOS plus the usual chat end-of-turn markers."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_chat(tokenizer, messages, max_length=None, truncate=False):
+    """(input_ids, loss_mask) for a conversation whose last turn is the assistant's.
+
+    The mask is built from positions: the prompt is everything the chat template renders with a
+    generation prompt; the supervised part is what follows, up to and including the first
+    end-of-turn token (appended as EOS if the template has none). Token ids never decide the mask,
+    so pad == EOS is harmless. Returns None if longer than max_length (or, with truncate, if
+    cutting leaves no supervised token)."""
+    prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    full_ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
+    response_ids = full_ids[len(prompt_ids):]
+    stops = end_of_turn_ids(tokenizer)
+    end = next((i for i, t in enumerate(response_ids) if t in stops), None)
+    if end is None:
+        response_ids, end = response_ids + [tokenizer.eos_token_id], len(response_ids)
+    input_ids = prompt_ids + response_ids[: end + 1]
+    loss_mask = [0] * len(prompt_ids) + [1] * (end + 1)
+    return fit_length(input_ids, loss_mask, max_length, truncate)
+
+
+def fit_length(input_ids, loss_mask, max_length, truncate):
+    """The --max-length policy: None (drop) if too long, or cut with truncate (None if nothing supervised is left)."""
+    if max_length is None or len(input_ids) <= max_length:
+        return input_ids, loss_mask
+    if not truncate or sum(loss_mask[:max_length]) == 0:
+        return None
+    return input_ids[:max_length], loss_mask[:max_length]
+
+
+def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True):
+    """Encode every record; say how many were too long and what happened to them (never silent)."""
+    examples, n_long = [], 0
+    for r in tqdm(records, desc="encode", disable=not verbose, mininterval=2):
+        ids, mask = encode_chat(tokenizer, r["messages"])
+        n_long += len(ids) > max_length
+        ex = fit_length(ids, mask, max_length, truncate)
+        if ex is not None:
+            examples.append(ex)
+    if n_long and verbose:
+        what = "truncated to" if truncate else "dropped (pass --truncate to cut them instead), limit"
+        print(f"{path}: {n_long} of {len(records)} sequences longer than --max-length {what} {max_length} tokens", file=sys.stderr)
+    if not examples:
+        raise UserError(f"{path}: no example fits --max-length {max_length}")
+    return examples
+
+
+def plan_epoch(lengths, batch_size, micro_batch_size, seed, epoch, group_by_length=True):
+    """The epoch's optimizer steps, each a list of micro-batches (lists of example indices).
+
+    Shuffle; with grouping, sort windows of 16 global batches by length so that each micro-batch
+    holds similar lengths; cut global batches (a last partial one is dropped); shuffle their order.
+    A pure function of (seed, epoch): resuming at step s recomputes the same plan."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        window = 16 * batch_size
+        lengths = np.asarray(lengths)
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in np.split(order, range(window, len(order), window))])
+    n_steps = len(order) // batch_size
+    steps = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
+    steps = [steps[i] for i in rng.permutation(n_steps)]
+    return [[s[j:j + micro_batch_size].tolist() for j in range(0, batch_size, micro_batch_size)] for s in steps]
+
+
+def collate(examples, indices, pad_id):
+    """Right-padded (input_ids_BT, loss_mask_BT, n_real_tokens)."""
+    T = max(len(examples[i][0]) for i in indices)
+    ids_BT = torch.full((len(indices), T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(indices), T), dtype=torch.bool)
+    for b, i in enumerate(indices):
+        ids, m = examples[i]
+        ids_BT[b, :len(ids)] = torch.tensor(ids)
+        mask_BT[b, :len(m)] = torch.tensor(m, dtype=torch.bool)
+    return ids_BT, mask_BT, sum(len(examples[i][0]) for i in indices)
+
+
+# -----------------------------------------------------------------------------
+# models and tokenizers: local Hugging Face directories, and the tiny one built from the data
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+    if not os.path.isdir(path):
+        raise UserError(f"model directory not found: {path}")
+    tok = AutoTokenizer.from_pretrained(path)
+    if not tok.chat_template:
+        raise UserError(f"tokenizer in {path} has no chat template (use an instruct/chat model, or add one)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # safe: loss masks come from positions
+    return tok
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_model(path, dtype="bf16", device="cpu"):
+    from transformers import AutoModelForCausalLM
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"model directory not found (no config.json): {path}")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+
+
+# The tiny tokenizer is a Qwen2 byte-level BPE (transformers' AutoTokenizer loads any qwen2-type
+# directory as Qwen2Tokenizer, with Qwen's pre-tokenizer regex and NFC hard-wired, so training with
+# the same pipeline is what keeps it identical under every loading path). Bytes as the base
+# alphabet: any character of any prompt is representable and decoding is exact. Merges that would
+# glue two grid symbols together ("##", "_P", "X√") are dropped, so a grid is one token per cell
+# whether or not its rows put spaces between cells.
+GRID_CHARS = set("#_OX√PS")
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, turn start, turn end (= EOS)
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def joins_grid_cells(token, byte_of):
+    """True if a byte-level token decodes to two or more grid symbols (ignoring one leading space / trailing newlines)."""
+    try:
+        text = bytes(byte_of[c] for c in token).decode("utf-8")
+    except UnicodeDecodeError:  # part of a multi-byte character: merging it is fine
+        return False
+    text = text.removeprefix(" ").rstrip("\n")
+    return len(text) >= 2 and any(c in GRID_CHARS for c in text) and all(c in GRID_CHARS or c in " \n" for c in text)
+
+
+def build_tiny_model(out_dir, texts, hidden=128, layers=4, heads=4, ffn=512, vocab=2048, max_positions=4096, seed=0):
+    """Train a byte-level BPE tokenizer on `texts`, build a random-init Qwen2 model, save both as a
+    Hugging Face directory (loadable with load_model / load_tokenizer / the Auto classes)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=TINY_SPECIALS,
+                                  initial_alphabet=alphabet, show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    # keep a merge only if its parts survived and its result does not glue grid cells together
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    tokens = TINY_SPECIALS + sorted(alphabet)
+    have, kept = set(tokens), []
+    for a, b in (m.split(" ") if isinstance(m, str) else m for m in merges):
+        if a in have and b in have and a + b not in have and not joins_grid_cells(a + b, byte_of):
+            kept.append((a, b))
+            have.add(a + b)
+            tokens.append(a + b)
+    tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=kept, unk_token=None,
+                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", special=True)]})
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tiny_model=True)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+# -----------------------------------------------------------------------------
+# distributed and precision
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank, device) from torchrun's variables; a plain process without them."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, local_rank, device
+
+
+def autocast_ctx(device, dtype):
+    """bf16/fp16 autocast, or a disabled one for fp32: the same code path for all three."""
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+
+def all_reduce_sum(values, world, device):
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def memory_plan(n_params, world, fsdp, kl):
+    """Bytes per GPU for weights (fp32), grads (fp32) and AdamW moments (2 x fp32), before activations."""
+    shard = world if fsdp else 1
+    weights, grads, adam = 4 * n_params / shard, 4 * n_params / shard, 8 * n_params / shard
+    ref = 4 * n_params if kl else 0
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    ddp_total, fsdp_total = 16 * n_params, 16 * n_params / world
+    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): weights {gib(weights)} + "
+            f"grads {gib(grads)} + AdamW {gib(adam)}{' + KL reference ' + gib(ref) if ref else ''} per GPU, plus activations "
+            f"[DDP would need {gib(ddp_total)}, FSDP {gib(fsdp_total)}]")
+
+
+# -----------------------------------------------------------------------------
+# the maths, as pure functions
+
+
+def supervised_positions(input_ids_BT, loss_mask_BT):
+    """(keep_BT, targets_N): the positions whose *next* token is supervised, and those tokens."""
+    target_mask_BT = loss_mask_BT[:, 1:]
+    keep_BT = F.pad(target_mask_BT, (0, 1), value=False)
+    return keep_BT, input_ids_BT[:, 1:][target_mask_BT]
+
+
+def token_loss_sum(logits_NV, targets_N):
+    """Sum (not mean) of the token cross-entropies, in fp32: the step divides by its token count."""
+    return F.cross_entropy(logits_NV.float(), targets_N, reduction="sum")
+
+
+def kl_sum(logits_NV, ref_logits_NV):
+    """Sum over tokens of the exact KL(policy || reference) over the vocabulary."""
+    logp_NV, ref_logp_NV = F.log_softmax(logits_NV.float(), -1), F.log_softmax(ref_logits_NV.float(), -1)
+    return (logp_NV.exp() * (logp_NV - ref_logp_NV)).sum()
+
+
+def step_loss_scale(n_step_tokens, world_size):
+    """Multiply a micro-batch's loss sum by this: DDP/FSDP average gradients over ranks, so scaling by
+    world / (supervised tokens of the whole step, all ranks) gives sum(all token grads) / tokens."""
+    return world_size / max(n_step_tokens, 1)
+
+
+def lr_at(step, total_steps, warmup_steps, peak_lr):
+    """Linear warm-up to peak_lr, then cosine decay to 0; `step` counts from 0."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: a Hugging Face directory plus trainer_state.pt, written to a tmp dir and renamed
+
+
+def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, args, rank):
+    """Collective (every rank calls it: FSDP gathers the full state); rank 0 writes OUT/name/."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp_{name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raw = model.module if hasattr(model, "module") else model
+        for tied in getattr(raw, "all_tied_weights_keys", {}):  # FSDP's full state dict repeats tied weights
+            model_sd.pop(tied, None)
+        raw.save_pretrained(tmp, state_dict=model_sd)
+        tokenizer.save_pretrained(tmp)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save({"step": step, "optimizer": optim_sd, "scaler": scaler.state_dict(), "rng": rng, "args": vars(args)},
+                   os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def latest_checkpoint(out_dir):
+    """Path of the newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
+    if not os.path.isdir(out_dir):
+        return None
+    steps = [int(d[5:]) for d in os.listdir(out_dir) if d.startswith("step_") and d[5:].isdigit()
+             and os.path.isfile(os.path.join(out_dir, d, "trainer_state.pt"))]
+    return os.path.join(out_dir, f"step_{max(steps)}") if steps else None
+
+
+# -----------------------------------------------------------------------------
+# the training loop
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    rank, world, local_rank, device = setup_distributed()
+    master = rank == 0
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    if args.batch_size % (args.micro_batch_size * world):
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks = {args.micro_batch_size * world}")
+    if args.fsdp and world == 1:
+        raise UserError("--fsdp shards over ranks: run it under torchrun with more than one process")
+    accum = args.batch_size // (args.micro_batch_size * world)
+    os.makedirs(args.out, exist_ok=True)
+
+    # data and model; a tiny model is built once by rank 0, then loaded like any other directory
+    records = read_jsonl(args.data, check=check_chat_record)
+    model_path = args.model
+    if args.model == "tiny":
+        model_path = os.path.join(args.out, "tiny_init")
+        if master and not os.path.isfile(os.path.join(model_path, "config.json")):
+            texts = [x for r in records for m in r["messages"] for x in (m["role"], m["content"])]
+            build_tiny_model(model_path, texts, args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn,
+                             args.tiny_vocab, max(4096, args.max_length), args.seed)
+        if world > 1:
+            dist.barrier()
+    tokenizer = load_tokenizer(model_path)
+    examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=master)
+    if len(examples) < args.batch_size:
+        raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
+    steps_per_epoch = len(examples) // args.batch_size
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.epochs * steps_per_epoch))
+    warmup_steps = math.ceil(args.warmup_ratio * total_steps)
+
+    # always start from the initial weights (the KL/L2 anchor), then overwrite them from a checkpoint
+    resume_from = latest_checkpoint(args.out) if args.resume else None
+    model = load_model(model_path, "fp32", device)  # fp32 master weights; autocast does the rest
+    model.config.use_cache = False
+    if args.lr is None:
+        args.lr = 1e-3 if getattr(model.config, "tiny_model", False) else 1e-5
+    n_params = sum(p.numel() for p in model.parameters())
+    ref_model = None
+    if args.kl_coef > 0:  # the frozen initial model, same precision path as the policy so KL starts at 0
+        ref_model = load_model(model_path, "fp32", device).eval().requires_grad_(False)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    elif world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    init_params = [p.detach().clone() for p in model.parameters()] if args.l2_coef > 0 else None
+    if resume_from:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        weights = load_model(resume_from, "fp32", "cpu").state_dict()
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        del weights
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(args.beta1, args.beta2))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+    start_step = 0
+    if resume_from:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        scaler.load_state_dict(state["scaler"])
+        random.setstate(state["rng"]["python"]), np.random.set_state(state["rng"]["numpy"]), torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start_step = state["step"]
+
+    config = dict(vars(args), model_path=model_path, resume_from=resume_from, world_size=world, accumulation=accum,
+                  total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
+                  n_examples=len(examples), n_params=n_params)
+    log_path = os.path.join(args.out, "log.jsonl")
+    if master:
+        print(json.dumps(config, indent=1))
+        print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0))
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        kept = []
+        if start_step and os.path.isfile(log_path):  # drop log lines of steps that will be redone
+            kept = [l for l in open(log_path) if json.loads(l)["step"] <= start_step]
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+
+    lengths = [len(ids) for ids, _ in examples]
+    plans = {}
+    sync_off = getattr(model, "no_sync", None) if world > 1 and not args.fsdp else None
+    model.train()
+    pbar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, disable=not master, desc="sft")
+    for step in pbar:
+        t0 = time.time()
+        epoch, idx = divmod(step, steps_per_epoch)
+        if epoch not in plans:
+            plans = {epoch: plan_epoch(lengths, args.batch_size, args.micro_batch_size, args.seed, epoch, not args.no_group_by_length)}
+        micro_batches = [collate(examples, mb, tokenizer.pad_token_id) for mb in plans[epoch][idx][rank::world]]
+        n_sup, = all_reduce_sum([sum(int(m[:, 1:].sum()) for _, m, _ in micro_batches)], world, device)
+        scale = step_loss_scale(n_sup, world)
+        lr = lr_at(step, total_steps, warmup_steps, args.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        ce_total = kl_total = 0.0
+        n_real = n_padded = 0
+        for micro, (ids_BT, mask_BT, real) in enumerate(micro_batches):
+            last = micro == len(micro_batches) - 1
+            if args.fsdp:
+                model.set_requires_gradient_sync(last)
+            with (sync_off() if sync_off and not last else contextlib.nullcontext()):
+                ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
+                keep_BT, targets_N = supervised_positions(ids_BT, mask_BT)
+                # right padding + causal attention: real tokens never see pads, so no attention mask
+                # is needed (and SDPA keeps its fast causal path); pads get no loss via keep_BT
+                with autocast_ctx(device, args.dtype):
+                    logits_NV = model(input_ids=ids_BT, logits_to_keep=keep_BT).logits
+                ce = token_loss_sum(logits_NV, targets_N)
+                loss = ce
+                if ref_model is not None:
+                    with torch.no_grad(), autocast_ctx(device, args.dtype):
+                        ref_logits_NV = ref_model(input_ids=ids_BT, logits_to_keep=keep_BT).logits
+                    kl = kl_sum(logits_NV, ref_logits_NV)
+                    loss = loss + args.kl_coef * kl
+                    kl_total += kl.item()
+                scaler.scale(loss * scale).backward()
+            ce_total += ce.item()
+            n_real, n_padded = n_real + real, n_padded + ids_BT.numel()
+
+        scaler.unscale_(optimizer)
+        l2 = 0.0
+        if init_params is not None:  # gradient of l2_coef * ||w - w0||^2, added after the all-reduce
+            with torch.no_grad():
+                for p, p0 in zip(model.parameters(), init_params):
+                    d = p.detach() - p0
+                    p.grad.add_(d, alpha=2 * args.l2_coef)
+                    sq = d.pow(2).sum()
+                    l2 += float(sq.full_tensor() if hasattr(sq, "full_tensor") else sq)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        ce_total, kl_total, n_real, n_padded = all_reduce_sum([ce_total, kl_total, n_real, n_padded], world, device)
+        dt = time.time() - t0
+        ce_mean, kl_mean = ce_total / n_sup, kl_total / n_sup
+        row = {"step": step + 1, "epoch": round(step / steps_per_epoch, 3), "loss": ce_mean + args.kl_coef * kl_mean + args.l2_coef * l2,
+               "ce": ce_mean, "kl": kl_mean, "l2": l2, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_real / dt,
+               "padding_share": 1 - n_real / n_padded, "supervised_tokens": int(n_sup), "seconds": dt}
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if (step + 1) % args.log_every == 0 or step == start_step:
+                tqdm.write(f"step {step + 1}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
+                           f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(args.out, f"step_{step + 1}", model, tokenizer, optimizer, scaler, step + 1, args, rank)
+        if args.stop_after and step + 1 >= args.stop_after:
+            break
+    else:
+        save_checkpoint(args.out, "final", model, tokenizer, optimizer, scaler, total_steps, args, rank)
+        if master:
+            print(f"saved {os.path.join(args.out, 'final')}")
+    pbar.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"sft.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+# -----------------------------------------------------------------------------
+# pitfalls this file avoids (see ../shared/STYLE.md)
+# - EOS masked out when pad == EOS: masks come from positions (encode_chat), never from ids.
+# - Prompt tokens in the loss / NaN on empty micro-batches: only keep_BT positions reach the loss,
+#   sums are divided once by the step's supervised-token count (never 0: every example has one).
+# - Per-micro-batch normalisation under accumulation: step_loss_scale uses the whole step's count,
+#   all-reduced over ranks, so 2 ranks x m == 1 rank x 2 accumulation steps of m.
+# - DDP: no_sync wraps forward *and* backward of all but the last micro-step, and the forward
+#   goes through the wrapper (calling .module would skip the all-reduce hooks).
+# - Checkpoints are written to a tmp dir and renamed, so a kill never leaves a half checkpoint
+#   that --resume would pick up; the batch plan is a function of (seed, epoch), so the data
+#   position is just the step.

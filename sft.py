@@ -140,9 +140,14 @@ def encode_chat(tokenizer, messages, max_length=None, truncate=False):
     cutting leaves no supervised token)."""
     prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False)
     full_ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
-    response_ids = full_ids[len(prompt_ids):]
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        response_ids = full_ids[len(prompt_ids):]
+    else:  # BPE merged across the boundary (e.g. a prompt ending in a space): tokenise the rest on its own, as generation sees it
+        prompt_text = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
+        response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
     stops = end_of_turn_ids(tokenizer)
     end = next((i for i, t in enumerate(response_ids) if t in stops), None)
     if end is None:

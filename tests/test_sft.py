@@ -1,0 +1,242 @@
+"""Tests of sft.py on CPU: masks, batching, the maths, and the script end to end with a tiny model
+(as subprocesses, like cleanrl's tests): the loss falls, 2-rank DDP and FSDP equal 1 rank, resume is exact."""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import sft  # noqa: E402
+
+TINY = ["--tiny-hidden", "32", "--tiny-layers", "2", "--tiny-heads", "2", "--tiny-ffn", "64", "--tiny-vocab", "400"]
+WORDS = "apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver meadow".split()
+
+
+def write_copy_task(path, n=128, seed=0):
+    """A toy task: a Sokoban-like grid to ignore, and a word to repeat in the answer tags."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            w, width = rng.choice(WORDS), rng.randint(3, 8)
+            grid = "\n".join("".join(rng.choice("#_OXP√") for _ in range(width)) for _ in range(3))
+            msgs = [{"role": "user", "content": f"Grid:\n{grid}\nRepeat the word {w}."},
+                    {"role": "assistant", "content": f"<think> </think> <answer> {w} </answer>"}]
+            f.write(json.dumps({"messages": msgs, "meta": {"word": w}}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_copy_task(str(tmp_path_factory.mktemp("data") / "copy.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(data, tmp_path_factory):
+    texts = [x for r in sft.read_jsonl(data) for m in r["messages"] for x in (m["role"], m["content"])]
+    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64, vocab=400)
+
+
+def run_sft(*args, nproc=1, check=True):
+    cmd = [sys.executable, os.path.join(ROOT, "sft.py")] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", os.path.join(ROOT, "sft.py")]
+    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def weights(run_dir, name="final"):
+    return load_file(os.path.join(run_dir, name, "model.safetensors"))
+
+
+def log(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+
+
+# a fixed small run (fp32, 4 micro-batches of 2 per step) that DDP, FSDP and resume are compared with
+SMALL = ["--batch-size", 8, "--micro-batch-size", 2, "--max-steps", 6, "--dtype", "fp32", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(data, tiny_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ref"))
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# masks: from positions, EOS supervised, prompt and padding not
+
+
+def test_mask_covers_response_and_eos_only(data, tiny_dir):
+    tok = sft.load_tokenizer(tiny_dir)
+    msgs = sft.read_jsonl(data)[0]["messages"]
+    ids, mask = sft.encode_chat(tok, msgs)
+    prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
+    assert all(mask[len(prompt):]) and ids[-1] == tok.eos_token_id
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == msgs[1]["content"] + "<|im_end|>"
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
+    tok = sft.load_tokenizer(tiny_dir)
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
+        assert tok.pad_token_id == tok.eos_token_id
+    examples = [sft.encode_chat(tok, r["messages"]) for r in sft.read_jsonl(data)[:4]]
+    ids_BT, mask_BT, n_real = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id)
+    assert n_real == sum(len(e[0]) for e in examples) < ids_BT.numel()  # there is padding
+    keep_BT, targets_N = sft.supervised_positions(ids_BT, mask_BT)
+    assert len(targets_N) == sum(sum(m) for _, m in examples)
+    assert (targets_N == tok.eos_token_id).sum() == 4  # every row's EOS is a target, pads are not
+    # logits at prompt and padding positions cannot change the loss
+    V = len(tok)
+    logits_BTV = torch.randn(*ids_BT.shape, V)
+    loss = sft.token_loss_sum(logits_BTV[keep_BT], targets_N)
+    logits_BTV[~keep_BT] = 100 * torch.randn_like(logits_BTV[~keep_BT])
+    assert torch.equal(loss, sft.token_loss_sum(logits_BTV[keep_BT], targets_N))
+    assert math.isclose(sft.token_loss_sum(torch.zeros(len(targets_N), V), targets_N).item(), len(targets_N) * math.log(V), rel_tol=1e-5)
+
+
+def test_template_without_end_token_gets_eos(tiny_dir):
+    tok = sft.load_tokenizer(tiny_dir)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' if m['role'] != 'assistant' else m['role'] + ': ' + m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    ids, mask = sft.encode_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "apple"}])
+    assert ids[-1] == tok.eos_token_id and mask[-1] == 1 and tok.decode([i for i, m in zip(ids, mask) if m]) == "apple<|im_end|>"
+
+
+def test_max_length_policy_is_loud(data, tiny_dir, capsys):
+    tok = sft.load_tokenizer(tiny_dir)
+    records = sft.read_jsonl(data)[:20]
+    lengths = [len(sft.encode_chat(tok, r["messages"])[0]) for r in records]
+    limit = sorted(lengths)[10]
+    n_long = sum(n > limit for n in lengths)
+    kept = sft.encode_dataset(tok, records, limit, False, "x.jsonl")
+    assert len(kept) == 20 - n_long and f"{n_long} of 20" in capsys.readouterr().err
+    cut = sft.encode_dataset(tok, records, limit, True, "x.jsonl")
+    assert len(cut) == 20 and max(len(i) for i, _ in cut) == limit and "truncated" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# batching and maths
+
+
+def test_plan_epoch_groups_lengths_and_is_deterministic():
+    lengths = [random.Random(i).randint(10, 200) for i in range(1000)]
+    plan = sft.plan_epoch(lengths, 64, 8, seed=1, epoch=0)
+    assert plan == sft.plan_epoch(lengths, 64, 8, seed=1, epoch=0) != sft.plan_epoch(lengths, 64, 8, seed=1, epoch=1)
+    flat = [i for step in plan for mb in step for i in mb]
+    assert len(plan) == 1000 // 64 and len(flat) == len(set(flat)) == 64 * len(plan)
+
+    def pad_share(p):
+        return 1 - sum(lengths[i] for s in p for mb in s for i in mb) / sum(len(mb) * max(lengths[i] for i in mb) for s in p for mb in s)
+    assert pad_share(plan) < 0.1 < pad_share(sft.plan_epoch(lengths, 64, 8, 1, 0, group_by_length=False))
+
+
+def test_lr_schedule():
+    assert sft.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert sft.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert sft.lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert sft.lr_at(99, 100, 10, 1.0) < 0.001
+
+
+def test_step_normalisation_is_over_the_whole_step():
+    # two ranks with unequal token counts: averaging their scaled sums gives the global token mean
+    sums, counts = [3.0, 10.0], [1, 4]
+    scale = sft.step_loss_scale(sum(counts), world_size=2)
+    assert sum(s * scale for s in sums) / 2 == pytest.approx(sum(sums) / sum(counts))
+
+
+def test_kl_sum():
+    logits = torch.randn(5, 7)
+    assert sft.kl_sum(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert sft.kl_sum(logits, torch.randn(5, 7)).item() > 0
+
+
+# -----------------------------------------------------------------------------
+# the script end to end
+
+
+def test_loss_decreases_and_final_loads_and_generates(data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = str(tmp_path / "run")
+    run_sft("--model", "tiny", "--data", data, "--out", out, *TINY, "--batch-size", 16, "--micro-batch-size", 8,
+            "--max-steps", 40, "--lr", "1e-2", "--save-every", 20)
+    losses = [row["loss"] for row in log(out)]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.6 * losses[0]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "padding_share"} <= set(log(out)[0])
+    assert json.load(open(os.path.join(out, "config.json")))["total_steps"] == 40
+    assert os.path.isdir(os.path.join(out, "step_20")) and sft.latest_checkpoint(out).endswith("step_20")
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "final"))
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Grid:\n#_O\nRepeat the word tiger."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    gen = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert gen.shape[1] > prompt["input_ids"].shape[1]
+    assert isinstance(tok.decode(gen[0, prompt["input_ids"].shape[1]:]), str)
+
+
+def test_ddp_two_ranks_equal_one_rank(data, tiny_dir, reference_run, tmp_path):
+    out = str(tmp_path / "ddp")
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, nproc=2)
+    ref, got = weights(reference_run), weights(out)
+    assert set(ref) == set(got)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+    assert json.load(open(os.path.join(out, "config.json")))["accumulation"] == 2
+
+
+def test_fsdp_and_grad_checkpointing_under_gloo(data, tiny_dir, reference_run, tmp_path):
+    out = str(tmp_path / "fsdp")
+    proc = run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--fsdp", "--grad-checkpointing", nproc=2)
+    assert "memory plan" in proc.stdout
+    ref, got = weights(reference_run), weights(out)
+    assert set(ref) == set(got)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+
+
+def test_kill_and_resume_equals_uninterrupted(data, tiny_dir, reference_run, tmp_path):
+    out = str(tmp_path / "resumed")
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--save-every", 3, "--stop-after", 4)
+    assert not os.path.exists(os.path.join(out, "final")) and sft.latest_checkpoint(out).endswith("step_3")
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--save-every", 3, "--resume")
+    ref, got = weights(reference_run), weights(out)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    assert [r["step"] for r in log(out)] == list(range(1, 7))
+    assert [r["loss"] for r in log(out)] == pytest.approx([r["loss"] for r in log(reference_run)], rel=1e-6)
+
+
+def test_kl_and_l2_penalties(data, tiny_dir, tmp_path):
+    out = str(tmp_path / "kl")
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, "--batch-size", 8, "--micro-batch-size", 4, "--max-steps", 3,
+            "--lr", "1e-2", "--kl-coef", 0.1, "--l2-coef", 0.1)
+    rows = log(out)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[0]["l2"] == 0.0
+    assert rows[-1]["kl"] > 0 and rows[-1]["l2"] > 0
+
+
+def test_bad_inputs_give_one_line_errors(data, tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(data).readline() + "{not json\n")
+    with pytest.raises(sft.UserError, match=r"bad.jsonl:2: malformed JSON"):
+        sft.read_jsonl(str(bad))
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(sft.UserError, match=r"bad.jsonl:1: "):
+        sft.read_jsonl(str(bad), check=sft.check_chat_record)
+    with pytest.raises(sft.UserError, match="nowhere/model"):
+        sft.load_model(str(tmp_path / "nowhere/model"))
+    proc = run_sft("--model", str(tmp_path / "missing"), "--data", data, "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("sft.py: error: model directory not found")
+    assert "Traceback" not in proc.stderr
+    proc = run_sft("--model", tiny_dir, "--data", data, "--out", str(tmp_path / "o"), "--batch-size", 8, "--micro-batch-size", 3, check=False)
+    assert proc.returncode == 2 and "multiple of" in proc.stderr

@@ -1,0 +1,209 @@
+"""Tests of eval.py: the KV-cached sampler on tiny random Qwen2 / Llama models (CPU, fp32)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from eval import Samples, cut_at_stop, sample
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "<think>the player is left of the box</think> <answer>Right</answer>",
+    "cards 3 8 8 3, formula 8/(3-8/3) = 24",
+]
+PROMPTS = ["the quick brown fox", "a", "<answer>Up</answer> the lazy dog jumps over the box", "cards 8 3"]
+
+# -----------------------------------------------------------------------------
+# fixtures: a byte-level BPE tokenizer and tiny random models
+
+
+@pytest.fixture(scope="module")
+def tok():
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe.train_from_iterator(TEXTS * 4, trainers.BpeTrainer(vocab_size=320, special_tokens=special,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def tiny_model(kind, tok, attn="sdpa"):
+    torch.manual_seed(0)
+    size = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    config = Qwen2Config(**size) if kind == "qwen2" else LlamaConfig(**size)
+    config._attn_implementation = attn
+    model = (Qwen2ForCausalLM if kind == "qwen2" else LlamaForCausalLM)(config)
+    with torch.no_grad():  # larger logits than the default init, so a sampled reply varies
+        model.lm_head.weight.mul_(20.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def qwen(tok):
+    return tiny_model("qwen2", tok)
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    return [tok.encode(p) for p in PROMPTS]
+
+
+def hf_generate(model, prompts, pad_id, **kw):
+    """model.generate on left-padded prompts -> the new tokens of every row, cut after the first EOS."""
+    T = max(map(len, prompts))
+    ids_BT = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts])
+    mask_BT = (ids_BT != pad_id).long()
+    for i, p in enumerate(prompts):  # the real tokens are the last len(p), whatever they are
+        mask_BT[i] = torch.arange(T) >= T - len(p)
+    new_BN = model.generate(input_ids=ids_BT, attention_mask=mask_BT, pad_token_id=pad_id, **kw)[:, T:]
+    rows = []
+    eos = kw.get("eos_token_id")
+    for row in new_BN.tolist():
+        if eos is not None and eos in row:
+            row = row[:row.index(eos) + 1]
+        rows.append(row)
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# greedy == generate, batching, seeding
+
+
+@pytest.mark.parametrize("kind,attn,small_chunks", [("qwen2", "sdpa", False), ("qwen2", "sdpa", True),
+                                                    ("llama", "sdpa", False), ("qwen2", "eager", False)])
+def test_greedy_equals_generate(tok, prompts, kind, attn, small_chunks):
+    model = tiny_model(kind, tok, attn)
+    # an EOS that some rows hit mid-way, so rows finish at different steps (and get dropped)
+    free = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[]).ids
+    eos = free[1][6]
+    ref = hf_generate(model, prompts, tok.pad_token_id, do_sample=False, max_new_tokens=24, eos_token_id=eos)
+    assert len({len(r) for r in ref}) > 1, "the test needs rows of different lengths"
+    chunks = dict(prefill_tokens=20, max_batch_rows=3, drop_fraction=0.01) if small_chunks else {}
+    out = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[eos], **chunks)
+    assert out.ids == ref
+    assert out.stop_reason == ["eos" if eos in r else "length" for r in ref]
+
+
+def test_batch_equals_one_by_one(qwen, prompts):
+    batch = sample(qwen, prompts, temperature=0, max_new_tokens=16, eos_ids=[])
+    for i, p in enumerate(prompts):
+        assert sample(qwen, [p], temperature=0, max_new_tokens=16, eos_ids=[]).ids[0] == batch.ids[i]
+
+
+def test_group_sampling_is_seeded_and_varies(qwen, prompts):
+    kw = dict(n=4, temperature=1.0, max_new_tokens=12, eos_ids=[], seed=3)
+    torch.manual_seed(1)
+    a = sample(qwen, prompts, **kw)
+    torch.manual_seed(2)  # the global RNG plays no part
+    b = sample(qwen, prompts, **kw)
+    assert a.ids == b.ids and len(a.ids) == 4 * len(prompts)
+    for i in range(len(prompts)):  # the n samples of a prompt differ
+        group = a.ids[4 * i:4 * i + 4]
+        assert len({tuple(g) for g in group}) > 1
+    assert sample(qwen, prompts, **{**kw, "seed": 4}).ids != a.ids
+
+
+def test_top_p_to_zero_is_greedy(qwen, prompts):
+    greedy = sample(qwen, prompts, temperature=0, max_new_tokens=12, eos_ids=[])
+    nucleus = sample(qwen, prompts, n=2, temperature=1.0, top_p=1e-6, max_new_tokens=12, eos_ids=[])
+    assert nucleus.ids == [ids for ids in greedy.ids for _ in range(2)]
+
+
+# -----------------------------------------------------------------------------
+# stopping: stop strings, max_new_tokens
+
+
+def test_stop_strings_cut(qwen, tok, prompts):
+    free = sample(qwen, prompts, temperature=0, max_new_tokens=20, eos_ids=[], tokenizer=tok)
+    text = free.texts[0]
+    stop = text[8:11]  # a string the reply is known to contain
+    assert len(stop) == 3
+    out = sample(qwen, prompts, temperature=0, max_new_tokens=20, eos_ids=[], tokenizer=tok, stop_strings=["@@@", stop])
+    for i in range(len(prompts)):
+        if stop in free.texts[i]:
+            assert out.texts[i] == cut_at_stop(free.texts[i], [stop]) and out.texts[i].endswith(stop)
+            assert out.stop_reason[i] == "stop" and not out.truncated[i]
+            # generation stopped at the token that completed the stop string
+            k = len(out.ids[i])
+            assert out.ids[i] == free.ids[i][:k] and stop in tok.decode(out.ids[i])
+            assert stop not in tok.decode(out.ids[i][:-1])
+        else:
+            assert out.ids[i] == free.ids[i] and out.truncated[i]
+    assert out.stop_reason[0] == "stop"
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("<think>a</think><answer>Up</answer> more", ["</answer>"]) == "<think>a</think><answer>Up</answer>"
+    assert cut_at_stop("x </b> y </a>", ["</a>", "</b>"]) == "x </b>"
+    assert cut_at_stop("nothing", ["</a>"]) == "nothing"
+
+
+def test_max_new_tokens_and_truncated(qwen, tok, prompts):
+    out = sample(qwen, prompts, n=2, temperature=1.0, max_new_tokens=5, eos_ids=[], tokenizer=tok)
+    assert isinstance(out, Samples)
+    assert all(len(ids) == 5 for ids in out.ids) and all(out.truncated)
+    assert out.stop_reason == ["length"] * 8 and len(out.texts) == 8
+    eos = sample(qwen, prompts, temperature=0, max_new_tokens=5, eos_ids=[]).ids[2][0]  # row 2 ends at once
+    out = sample(qwen, prompts, temperature=0, max_new_tokens=5, eos_ids=[eos])
+    assert out.ids[2] == [eos] and out.stop_reason[2] == "eos" and not out.truncated[2]
+
+
+# -----------------------------------------------------------------------------
+# log-probs (rl.py's importance ratio is exactly 1 at the start), modes, dtypes
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+def test_logprobs_match_teacher_forcing(qwen, prompts, temperature):
+    out = sample(qwen, prompts, n=2, temperature=temperature, max_new_tokens=10, eos_ids=[], return_logprobs=True)
+    for i, ids in enumerate(out.ids):
+        prompt = prompts[i // 2]
+        with torch.no_grad():
+            logits_TV = qwen(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].float()
+        logp_TV = F.log_softmax(logits_TV / (temperature or 1.0), dim=-1)
+        expected_T = logp_TV.gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        assert out.logprobs[i].shape == (len(ids),)
+        torch.testing.assert_close(out.logprobs[i], expected_T, atol=1e-4, rtol=1e-4)
+
+
+def test_training_mode_restored(qwen, prompts):
+    qwen.train()
+    try:
+        out = sample(qwen, prompts, temperature=0, max_new_tokens=4, eos_ids=[])
+        assert qwen.training
+    finally:
+        qwen.eval()
+    assert out.ids == sample(qwen, prompts, temperature=0, max_new_tokens=4, eos_ids=[]).ids
+
+
+def test_bf16_runs(tok, prompts):
+    model = tiny_model("llama", tok).to(torch.bfloat16)
+    out = sample(model, prompts, n=3, temperature=0.5, max_new_tokens=6, eos_ids=[], return_logprobs=True)
+    assert len(out.ids) == 12 and all(len(i) == 6 for i in out.ids)
+    assert all(torch.isfinite(lp).all() and (lp <= 0).all() for lp in out.logprobs)
+
+
+def test_bad_arguments(qwen, prompts):
+    with pytest.raises(ValueError):
+        sample(qwen, prompts, stop_strings=["x"])  # no tokenizer
+    with pytest.raises(ValueError):
+        sample(qwen, [[]])
+    with pytest.raises(ValueError):
+        sample(qwen, prompts, top_p=0.0)
+
+
+def test_position_ids_count_real_tokens(qwen, prompts):
+    seen = []
+    hook = qwen.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    try:
+        sample(qwen, prompts, n=2, temperature=0, max_new_tokens=3, eos_ids=[], drop_fraction=2.0)
+    finally:
+        hook.remove()
+    prefill_bT, decode = seen[0], seen[1:]
+    T = max(map(len, prompts))
+    for i, p in enumerate(prompts):  # left padding: the real tokens are the last len(p) columns
+        assert prefill_bT[i, T - len(p):].tolist() == list(range(len(p)))
+        assert [d[2 * i, 0].item() for d in decode] == [len(p), len(p) + 1]

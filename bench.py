@@ -14,8 +14,123 @@ import sys
 # envs
 
 
+SOKOBAN_SETTINGS = (((6, 6), 1), ((10, 10), 1), ((6, 6), 2), ((10, 10), 2))  # the paper's four
+
+
+def load_gym_room_utils():
+    """gym-sokoban's room_utils module, or None when the package is not installed. Loaded from
+    its file because the package's __init__ imports gym and pkg_resources; room_utils needs
+    numpy only (`pip install --no-deps gym-sokoban` is enough)."""
+    import importlib.util
+    import os
+    spec = importlib.util.find_spec("gym_sokoban")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "envs", "room_utils.py")
+    module_spec = importlib.util.spec_from_file_location("gym_sokoban_room_utils", path)
+    room_utils = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(room_utils)
+    return room_utils
+
+
+def gym_generate_room(room_utils, dim, num_boxes, search_depth=30):
+    """One room from gym-sokoban's own functions, run as RAGEN runs them: search depth 30 and
+    pull moves only (the released gym-sokoban hard-codes depth 300 with plain moves too, which
+    is much slower), walk length int(1.7 * (rows + cols)), retried until a box moved. RAGEN's
+    player drift (a few cheap steps) is left out, which only flatters the peer."""
+    import numpy as np
+    room_utils.ACTION_LOOKUP = {a: name for a, name in room_utils.ACTION_LOOKUP.items() if a < 4}
+    while True:
+        try:
+            room = room_utils.room_topology_generation(dim, 0.35, int(1.7 * (dim[0] + dim[1])))
+            room = room_utils.place_boxes_and_player(room, num_boxes=num_boxes, second_player=False)
+        except RuntimeError:  # too little floor
+            continue
+        structure = room.copy()
+        structure[structure == 5] = 1
+        state = room.copy()
+        state[state == 2] = 4
+        box_mapping = {(r, c): (r, c) for r, c in zip(*np.where(structure == 2))}
+        room_utils.explored_states, room_utils.num_boxes = set(), num_boxes
+        room_utils.best_room, room_utils.best_room_score, room_utils.best_box_mapping = None, -1, box_mapping
+        room_utils.depth_first_search(state, structure, box_mapping, 0, (-1, -1), search_depth)
+        if room_utils.best_room_score > 0:
+            return room_utils.best_room
+
+
+def _rate(make_one, seconds):
+    """Items per second of make_one(i) for i = 0, 1, ..., over about `seconds`."""
+    import time
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        make_one(count)
+        count += 1
+    return count, time.perf_counter() - start
+
+
+def _bench_sokoban(args):
+    """Rooms generated and solved per second, ours vs gym-sokoban, for the four settings. The
+    two alternate in short slices so that other load on the machine hits both alike. Returns
+    the list of ratios (empty when gym-sokoban is missing)."""
+    import random
+
+    import numpy as np
+
+    import env_sokoban
+
+    room_utils = load_gym_room_utils()
+    if room_utils is None:
+        print("gym-sokoban not installed (pip install --no-deps gym-sokoban): no side-by-side figures")
+    print(f"{'sokoban':<10} {'ours rooms/s':>14} {'gym-sokoban rooms/s':>20} {'ratio':>8}")
+    ratios, slices = [], 5
+    for dim, num_boxes in SOKOBAN_SETTINGS:
+        ours, peer = [0, 0.0], [0, 0.0]
+        random.seed(args.seed)  # gym-sokoban draws from the global generators
+        np.random.seed(args.seed)
+        for _ in range(slices):
+            count, seconds = _rate(lambda i: env_sokoban.solve(env_sokoban.generate_room(dim, num_boxes, args.seed + ours[0] + i)),
+                                   args.seconds / slices)
+            ours[0], ours[1] = ours[0] + count, ours[1] + seconds
+            if room_utils is not None:
+                count, seconds = _rate(lambda i: gym_generate_room(room_utils, dim, num_boxes), args.seconds / slices)
+                peer[0], peer[1] = peer[0] + count, peer[1] + seconds
+        name, ours_rate = f"{dim[0]}x{dim[1]}/{num_boxes}", ours[0] / ours[1]
+        if room_utils is None:
+            print(f"{name:<10} {ours_rate:>14.0f} {'-':>20} {'-':>8}")
+            continue
+        peer_rate = peer[0] / peer[1]
+        ratios.append(ours_rate / peer_rate)
+        print(f"{name:<10} {ours_rate:>14.0f} {peer_rate:>20.0f} {ratios[-1]:>7.2f}x")
+    return ratios
+
+
+def _bench_gpoints(args):
+    """General Points hands solved per second (env_gpoints.solve, every distinct formula): all
+    1,820 four-card hands of ranks 1-13 and 300 random five-card hands (J/Q/K = 10), each from
+    cold solver caches, since the memo tables are part of what a fresh process pays."""
+    import itertools
+    import time
+
+    import numpy as np
+
+    import env_gpoints as gp
+
+    rng = np.random.default_rng(args.seed)
+    four_card_hands = list(itertools.combinations_with_replacement(range(1, 14), 4))
+    five_card_hands = [gp.hand_values([gp.RANKS[i] for i in rng.integers(13, size=5)], "all10") for _ in range(300)]
+    for name, hands in (("4 cards, every hand", four_card_hands), ("5 cards, random", five_card_hands)):
+        gp.clear_solver_caches()
+        start = time.perf_counter()
+        solvable = sum(bool(gp.solve(hand)) for hand in hands)
+        seconds = time.perf_counter() - start
+        print(f"GP {name}: {len(hands)} hands ({solvable} solvable) in {seconds:.2f}s = {len(hands) / seconds:.0f} hands solved/s")
+
+
 def bench_envs(args):
-    raise NotImplementedError
+    ratios = _bench_sokoban(args)
+    _bench_gpoints(args)
+    # the headline is the worst of the four Sokoban settings
+    print(f"envs vs gym-sokoban: {min(ratios):.2f}x" if ratios else "envs vs gym-sokoban: n/a (gym-sokoban missing)")
 
 
 # -----------------------------------------------------------------------------

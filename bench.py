@@ -137,8 +137,95 @@ def bench_envs(args):
 # sft
 
 
+def _sft_synthetic_chats(n, seed):
+    """Sokoban-like chats (instructions of varying length, a 6x6 grid, an answer) for throughput only."""
+    import random
+    rng = random.Random(seed)
+    rules = ["You are a Sokoban solver.", "Push the box onto the target.", "You cannot pull boxes.", "Avoid walls.",
+             "Symbols: # wall, _ floor, O target, X box, P player.", "Each step costs 0.1 points.", "Think first, then answer.",
+             "Where apple is Up, river is Down, stone is Left, tiger is Right.", "Answer inside <answer> </answer> tags."]
+    chats = []
+    for _ in range(n):
+        grid = "\n".join(" ".join(rng.choice("#__OXP") for _ in range(6)) for _ in range(6))
+        text = " ".join(rng.choices(rules, k=rng.randint(3, 20))) + f"\n{grid}\nDecide the next action."
+        chats.append({"messages": [{"role": "user", "content": text},
+                                   {"role": "assistant", "content": f"<think> </think> <answer> {rng.choice(['Up', 'Down', 'Left', 'Right'])} </answer>"}]})
+    return chats
+
+
+def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, out):
+    """The peer: a plain transformers Trainer on the same model, examples, batch and padding."""
+    import time
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in examples]
+    counts = {"real": 0, "padded": 0}
+    pad = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
+
+    def collate(features):
+        out_ = pad(features)
+        counts["real"] += int(out_["attention_mask"].sum())
+        counts["padded"] += out_["attention_mask"].numel()
+        return out_
+
+    marks = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            marks.append((time.time(), counts["real"], counts["padded"]))
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    targs = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+                              learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.01, warmup_steps=max(1, round(0.1 * steps)),
+                              lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=dtype == "bf16", use_cpu=True, train_sampling_strategy="group_by_length",
+                              save_strategy="no", report_to=[], logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
+    (t0, r0, p0), (t1, r1, p1) = marks[0], marks[-1]  # skip the first (warm-up) step
+    return (r1 - r0) / (t1 - t0), 1 - (r1 - r0) / (p1 - p0)
+
+
 def bench_sft(args):
-    raise NotImplementedError
+    import json
+    import os
+    import tempfile
+    import torch
+    import sft
+    try:
+        import accelerate  # noqa: F401  (the Trainer needs it; benchmark only)
+    except ImportError:
+        sys.exit("bench.py sft: the Trainer peer needs accelerate: pip install accelerate (benchmark only)")
+    batch, micro, dtype = 128, 16, "bf16"
+    steps = max(2, int(args.seconds // 3))  # measured steps per run, after one warm-up step
+    tmp = tempfile.mkdtemp(prefix="bench_sft_")
+    data = os.path.join(tmp, "train.jsonl")
+    chats = _sft_synthetic_chats(batch * (steps + 1), args.seed)
+    with open(data, "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in chats)
+    texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
+    model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
+    tok = sft.load_tokenizer(model_dir)
+    examples = [sft.encode_chat(tok, c["messages"]) for c in chats]
+    n_params = sum(p.numel() for p in sft.load_model(model_dir, "fp32").parameters())
+    print(f"tiny model {n_params / 1e6:.2f}M params, vocab {len(tok)}, {len(examples)} examples of "
+          f"{sum(len(i) for i, _ in examples) / len(examples):.0f} tokens on average; batch {batch}, micro-batch {micro}, {dtype}, "
+          f"{steps + 1} steps per run (the first not timed), {torch.get_num_threads()} threads")
+    ours, theirs = [], []
+    for rnd in range(2):  # interleaved, so that load from other processes hits both alike
+        out = os.path.join(tmp, f"sft{rnd}")
+        sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch), "--micro-batch-size", str(micro),
+                  "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", "1e-3", "--log-every", str(10**6), "--seed", str(args.seed)])
+        rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
+        tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
+        ours.append((tps, sum(r["padding_share"] for r in rows) / len(rows)))
+        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, os.path.join(tmp, f"hf{rnd}")))
+        print(f"round {rnd + 1}: sft.py {ours[-1][0]:,.0f} tokens/s (padding {ours[-1][1]:.1%}) | "
+              f"Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%})")
+    best_ours, best_theirs = max(t for t, _ in ours), max(t for t, _ in theirs)
+    print(f"sft.py : {best_ours:,.0f} tokens/s (best of {len(ours)}), padding share {ours[0][1]:.1%}")
+    print(f"Trainer: {best_theirs:,.0f} tokens/s (best of {len(theirs)}), padding share {theirs[0][1]:.1%}")
+    print(f"sft vs Trainer: {best_ours / best_theirs:.2f}x")
 
 
 # -----------------------------------------------------------------------------

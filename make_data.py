@@ -113,7 +113,7 @@ def sokoban_prompt(grid, names, style="full"):
         gloss = " ".join(f"{names[a]}={a}" for a in sok.ACTIONS)
         return f"sokoban. actions: {gloss}\n{grid}\nnext action?"
     gloss = "" if plain else "\nwhere " + ", ".join(f"{names[a]} is {a}" for a in sok.ACTIONS) + "."
-    answers = " | ".join(f"<answer>{w}</answer>" for w in words)
+    answers = " | ".join(f"<answer> {w} </answer>" for w in words)  # spaced as in the replies: same tokens
     return (
         "You are a Sokoban solver.\n"
         "Sokoban quick guide\n"

@@ -1,0 +1,256 @@
+"""Tests of rl.py on CPU: the maths against hand-computed values and plain loops, the log-probs of
+the training forward against the sampler's, and the script end to end with a tiny model and toy
+rewards (injected through rl.main's Python API): parameters move, reward rises, 2-rank DDP runs,
+resume is exact, bad flags are refused at start-up."""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import eval as evaluation  # noqa: E402
+import rl  # noqa: E402
+import sft  # noqa: E402
+
+WORDS = "apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver meadow".split()
+
+
+def write_toy_prompts(path, n=32, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            w = rng.choice(WORDS)
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Say a word like {w}."}], "meta": {"word": w}}) + "\n")
+    return path
+
+
+def vowel_reward(reply, meta):
+    """The toy task: 1 if the reply starts with a vowel. A random tiny model does so now and then."""
+    return float(reply.strip()[:1].lower() in "aeiou")
+
+
+def length_reward(reply, meta):
+    """Always varies within a group, so every group has a learning signal."""
+    return float(len(reply))
+
+
+def never_correct(reply, meta):
+    return False
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    data = write_toy_prompts(str(d / "prompts.jsonl"))
+    texts = [f"Say a word like {w}. {w} {w.upper()} answer: {w}" for w in WORDS] * 4 + ["user", "assistant"]
+    model = sft.build_tiny_model(str(d / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64, vocab=300)
+    return data, model
+
+
+def run_rl(toy, out, *extra, reward=length_reward):
+    data, model = toy
+    argv = ["--model", model, "--data", data, "--out", str(out), "--dtype", "fp32", "--prompts-per-step", "4",
+            "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-3", "--micro-batch-size", "4"] + [str(a) for a in extra]
+    return rl.main(argv, reward_fn=reward, correct_fn=never_correct)
+
+
+def weights(run_dir, name="final"):
+    return load_file(os.path.join(str(run_dir), name, "model.safetensors"))
+
+# -----------------------------------------------------------------------------
+# the maths
+
+
+def test_group_advantages_by_hand():
+    rewards_B = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv_B, zero_var_G = rl.group_advantages(rewards_B, group_size=4, eps=0.0)
+    a = 0.5 / math.sqrt(1 / 3)  # |r - mean| / unbiased std of (1, 0, 0, 1)
+    torch.testing.assert_close(adv_B, torch.tensor([a, -a, -a, a, 0.0, 0.0, 0.0, 0.0]))
+    assert zero_var_G.tolist() == [False, True]
+    adv_B, _ = rl.group_advantages(torch.tensor([5.0, 5.0, -3.0, -3.0]), group_size=2)
+    assert torch.equal(adv_B, torch.zeros(4))  # zero variance: exactly 0, not 0/eps noise
+
+
+def test_k3_kl_by_hand():
+    logp, ref = torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3]))
+    kl = rl.k3_kl(logp, ref)
+    torch.testing.assert_close(kl, torch.tensor([0.5 - math.log(0.5) - 1, 0.0]))
+    assert (rl.k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_clipped_surrogate_by_hand():
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1]))
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
+    loss, ratio, clipped = rl.clipped_surrogate(logp, torch.zeros(5), adv, clip=0.2)
+    torch.testing.assert_close(loss, torch.tensor([-1.2, 1.5, -0.5, 0.8, -2.2]))
+    assert clipped.tolist() == [True, False, False, True, False]
+    torch.testing.assert_close(ratio, torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1]))
+
+
+def test_value_loss_rewards_whiten_by_hand():
+    v = rl.clipped_value_loss(torch.tensor([1.0, 0.1]), torch.tensor([0.0, 0.0]), torch.tensor([2.0, 1.0]), clip=0.2)
+    torch.testing.assert_close(v, torch.tensor([0.5 * 1.8 ** 2, 0.5 * 0.9 ** 2]))
+    mask_BR = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    r_BR = rl.ppo_token_rewards(torch.tensor([1.0, 2.0]), torch.ones(2, 3), mask_BR, kl_coef=0.1)
+    torch.testing.assert_close(r_BR, torch.tensor([[-0.1, 0.9, 0.0], [-0.1, -0.1, 1.9]]))
+    x = torch.tensor([[1.0, 3.0, 99.0], [5.0, 7.0, 9.0]])
+    w = rl.whiten(x, mask_BR, mean=5.0, var=8.0)
+    assert w[0, 2] == 0 and abs(float(w[1, 1]) - 2 / math.sqrt(8)) < 1e-6
+
+
+def test_gae_against_a_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    B, R, gamma, lam = 5, 7, 0.9, 0.8
+    lengths = [7, 1, 4, 6, 3]
+    mask_BR = torch.arange(R)[None, :] < torch.tensor(lengths)[:, None]
+    rewards_BR = torch.randn(B, R, generator=g, dtype=torch.float64) * mask_BR
+    values_BR = torch.randn(B, R, generator=g, dtype=torch.float64) * mask_BR
+    adv_BR, ret_BR = rl.gae(rewards_BR, values_BR, mask_BR, gamma, lam)
+    for b, L in enumerate(lengths):
+        r, v = rewards_BR[b, :L].tolist(), values_BR[b, :L].tolist() + [0.0]
+        running = 0.0
+        for t in reversed(range(L)):
+            running = r[t] + gamma * v[t + 1] - v[t] + gamma * lam * running
+            assert abs(adv_BR[b, t].item() - running) < 1e-12
+            assert abs(ret_BR[b, t].item() - (running + v[t])) < 1e-12
+        assert (adv_BR[b, L:] == 0).all() and (ret_BR[b, L:] == 0).all()
+
+
+def test_step_prompts_is_a_stream_of_permutations():
+    seen = [i for s in range(5) for i in rl.step_prompts(10, 4, seed=3, step=s)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert rl.step_prompts(10, 4, 3, 2) == seen[8:12]
+
+# -----------------------------------------------------------------------------
+# log-probs: the training forward reproduces the sampler's, with the temperature
+
+
+def test_training_logprobs_equal_the_samplers(toy):
+    data, model_dir = toy
+    tok, lm = sft.load_tokenizer(model_dir), sft.load_model(model_dir, "fp32", "cpu").eval()
+    prompts = [rl.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
+    assert all(isinstance(t, int) for t in prompts[0])
+    s = evaluation.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
+    ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
+    ids_BT, resp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 0.7, "fp32", torch.device("cpu"))
+        wrong_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 1.0, "fp32", torch.device("cpu"))
+    sampler_N = torch.cat(s.logprobs)
+    torch.testing.assert_close(logp_N, sampler_N, atol=1e-5, rtol=0)
+    assert (wrong_N - sampler_N).abs().max() > 1e-3  # forgetting the temperature would be caught
+
+
+@pytest.mark.parametrize("algo,extra", [("grpo", []), ("grpo", ["--ppo-epochs", "2", "--mini-batch-size", "8", "--kl-coef", "0.1"]),
+                                        ("ppo", ["--group-size", "1", "--ppo-epochs", "2"])])
+def test_ratio_is_exactly_one_on_the_first_mini_batch(toy, tmp_path, algo, extra):
+    rows = run_rl(toy, tmp_path / "r", "--algo", algo, "--max-steps", "2", "--temperature", "0.7", *extra)
+    for row in rows:
+        assert row["ratio_dev_first"] == 0.0
+        assert row["logp_sampler_diff"] < 1e-5
+    if "--ppo-epochs" in extra:
+        assert rows[-1]["approx_kl"] > 0  # later mini-batches did see a moved policy
+
+# -----------------------------------------------------------------------------
+# the script end to end
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_every_parameter_changes_after_one_step(toy, tmp_path, algo):
+    data, model_dir = toy
+    run_rl(toy, tmp_path / "r", "--algo", algo, "--max-steps", "1", "--weight-decay", "0", "--vf-lr" if algo == "ppo" else "--lr",
+           "1e-3", "--kl-coef", "0.05" if algo == "ppo" else "0")
+    before, after = load_file(os.path.join(model_dir, "model.safetensors")), weights(tmp_path / "r")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+    if algo == "ppo":
+        head = torch.load(tmp_path / "r" / "final" / "value_head.pt", weights_only=False)["head"]
+        assert all(v.abs().sum() > 0 for v in head.values())  # moved away from its zero init
+    cfg = json.load(open(tmp_path / "r" / "config.json"))
+    assert cfg["algo"] == algo and cfg["world_size"] == 1
+    assert sft.load_model(str(tmp_path / "r" / "final"), "fp32") is not None  # a plain HF directory
+
+
+def test_reward_rises_on_a_toy_task(toy, tmp_path):
+    rows = run_rl(toy, tmp_path / "r", "--algo", "grpo", "--max-steps", "20", "--prompts-per-step", "8", "--group-size", "8",
+                  "--max-new-tokens", "1", "--lr", "1e-2", "--micro-batch-size", "64", reward=vowel_reward)
+    first, last = sum(r["reward"] for r in rows[:5]) / 5, sum(r["reward"] for r in rows[-5:]) / 5
+    assert last > first + 0.3 and last > 0.6, [round(r["reward"], 2) for r in rows]
+    assert all(0 <= r["zero_var_groups"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_equals_an_uninterrupted_run(toy, tmp_path, algo):
+    extra = ["--algo", algo, "--max-steps", "4", "--save-every", "2", "--ppo-epochs", "2", "--mini-batch-size", "8", "--kl-coef", "0.05"]
+    if algo == "ppo":
+        extra += ["--group-size", "2"]
+    full = run_rl(toy, tmp_path / "full", *extra)
+    run_rl(toy, tmp_path / "cut", *extra, "--stop-after", "3")  # killed after step 3: step_2 is the newest checkpoint
+    assert not os.path.exists(tmp_path / "cut" / "final")
+    resumed = run_rl(toy, tmp_path / "cut", *extra, "--resume")
+    assert [r["step"] for r in resumed] == [3, 4]
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["reward"] for r in full[2:]] == [r["reward"] for r in resumed]
+    log = [json.loads(l) for l in open(tmp_path / "cut" / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    if algo == "ppo":
+        ha = torch.load(tmp_path / "full" / "final" / "value_head.pt", weights_only=False)["head"]
+        hb = torch.load(tmp_path / "cut" / "final" / "value_head.pt", weights_only=False)["head"]
+        assert all(torch.equal(ha[k], hb[k]) for k in ha)
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import rl
+rl.main(sys.argv[1:], reward_fn=lambda reply, meta: float(len(reply)), correct_fn=lambda reply, meta: False)
+"""
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_ddp_two_ranks_gloo(toy, tmp_path, algo):
+    data, model = toy
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT.format(root=ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--algo", algo, "--model", model, "--data", data, "--out", str(tmp_path / "r"), "--dtype", "fp32",
+           "--prompts-per-step", "4", "--group-size", "2", "--max-new-tokens", "6", "--lr", "1e-3", "--max-steps", "2",
+           "--micro-batch-size", "2", "--ppo-epochs", "2", "--mini-batch-size", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ranks in sync: True" in proc.stdout
+    log = [json.loads(l) for l in open(tmp_path / "r" / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2] and all(r["ratio_dev_first"] == 0.0 for r in log)
+    assert os.path.isfile(tmp_path / "r" / "final" / "model.safetensors")
+
+# -----------------------------------------------------------------------------
+# configuration
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--group-size", "1"], "--group-size >= 2"),
+    (["--prompts-per-step", "4", "--group-size", "2", "--mini-batch-size", "3"], "must divide"),
+    (["--eval-every", "5"], "--eval-every needs --eval-data"),
+    (["--gamma", "0.9"], "PPO flags"),
+    (["--temperature", "0"], "--temperature"),
+])
+def test_incompatible_flags_are_refused(tmp_path, extra, message):
+    with pytest.raises(sft.UserError, match=message):
+        rl.main(["--model", "m", "--data", "d", "--out", str(tmp_path)] + extra)
+
+
+def test_cli_error_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py"), "--model", "m", "--data", "d", "--out", str(tmp_path),
+                           "--group-size", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("rl.py: error:")

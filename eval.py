@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import env_gpoints
+import env_sokoban
+
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
 
@@ -54,8 +57,10 @@ class KVCache:
         while len(self.k_BHTD) <= layer_idx:
             _, H, _, D = like_BHTD.shape
             shape = (self.batch_size, H, self.max_len, D)
-            self.k_BHTD.append(like_BHTD.new_empty(shape))
-            self.v_BHTD.append(like_BHTD.new_empty(shape))
+            # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
+            # memory can hold inf/NaN (0 * inf = NaN)
+            self.k_BHTD.append(like_BHTD.new_zeros(shape))
+            self.v_BHTD.append(like_BHTD.new_zeros(shape))
 
     def update(self, k_BHTD, v_BHTD, layer_idx, *args, **kwargs):
         self._alloc(layer_idx, k_BHTD)
@@ -233,7 +238,8 @@ def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_
             rows = row_B.tolist()
         L = cache.length
         valid_BT[:, L] = True
-        mask_B11T = _attention_mask(valid_BT[:, None, None, :L + 1], model, dtype)
+        # contiguous: SDPA on CPU is ~1.5x slower with a strided mask
+        mask_B11T = _attention_mask(valid_BT[:, None, None, :L + 1].contiguous(), model, dtype)
         out = model(input_ids=token_B[:, None], attention_mask=mask_B11T, position_ids=pos_B[:, None],
                     use_cache=True, **{cache_kw: cache})
         cache.length += 1
@@ -248,7 +254,7 @@ def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_
 
 def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
            stop_strings=(), tokenizer=None, seed=0, return_logprobs=False, max_batch_rows=None,
-           prefill_tokens=16384, drop_fraction=0.25):
+           prefill_tokens=None, drop_fraction=0.25):
     """Sample n replies to each prompt (lists of token ids, e.g. a chat-templated prompt).
 
     temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any of `eos_ids`
@@ -256,7 +262,8 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     contains one of `stop_strings` (needs `tokenizer`), else after `max_new_tokens`. Seeded with
     a local generator: the same call gives the same samples whatever the global RNG state.
     `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
-    `prefill_tokens` caps the padded tokens of one prefill forward; rows are dropped from the batch
+    `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
+    GPU); rows are dropped from the batch
     once `drop_fraction` of it has finished. The model is put in eval mode and restored after.
     Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
     """
@@ -274,22 +281,26 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     vocab_size = max(model.get_output_embeddings().weight.shape[0], len(tokenizer) if tokenizer is not None else 0)
+    if prefill_tokens is None:  # small chunks stay in a CPU's caches; a GPU wants big ones
+        prefill_tokens = 2048 if device.type == "cpu" else 16384
     stopper = _StopStrings(stop_strings, tokenizer, vocab_size, device) if stop_strings else None
     per_batch = len(prompt_ids) if max_batch_rows is None else max(1, max_batch_rows // n)
 
+    # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     was_training = model.training
     model.eval()
     try:
-        ids, logprobs, reasons = [], [], []
-        for start in range(0, len(prompt_ids), per_batch):
-            b_ids, b_logprobs, b_reasons = _sample_batch(
-                model, prompt_ids[start:start + per_batch], n, max_new_tokens, temperature, top_p, eos_ids,
-                stopper, generator, prefill_tokens, drop_fraction)
-            ids += b_ids
-            logprobs += b_logprobs
-            reasons += b_reasons
+        results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
+        for start in range(0, len(order), per_batch):
+            batch = [prompt_ids[i] for i in order[start:start + per_batch]]
+            results += zip(*_sample_batch(model, batch, n, max_new_tokens, temperature, top_p, eos_ids, stopper,
+                                          generator, prefill_tokens, drop_fraction))
     finally:
         model.train(was_training)
+    rank = {p: r for r, p in enumerate(order)}
+    ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
+    ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)
     texts = None
     if tokenizer is not None:
         texts = [cut_at_stop(t, stop_strings) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -300,3 +311,27 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
 # -----------------------------------------------------------------------------
 # Evaluator (multi-turn Sokoban, General Points, tables, --sweep, --distill): to be added on top of
 # `sample` above.
+
+
+# -----------------------------------------------------------------------------
+# Rewards of one reply, from the environments' own functions (used by the evaluator, the
+# distillation filter and rl.py; nothing else scores a reply)
+
+
+def reward(reply, meta):
+    """The study's reward for one reply to a prompt record's `meta`.
+    Sokoban (single step, as the paper's RL): 1.0 if the reply is well formed (a think block, then
+    the answer) and names one of the state's optimal moves in the vocabulary the environment
+    accepts, else 0.0. General Points: env_gpoints.score, +5 / -1 / -2 / -3."""
+    if meta["task"] == "sokoban":
+        action = env_sokoban.parse_answer(reply, meta["accepted"])
+        well_formed = "</think>" in reply and reply.find("</think>") < reply.rfind("<answer>")
+        return 1.0 if well_formed and action in meta["optimal"] else 0.0
+    if meta["task"] == "gpoints":
+        return float(env_gpoints.score(reply, meta["values"], meta["target"]))
+    raise ValueError(f"unknown task {meta['task']!r}")
+
+
+def is_correct(reply, meta):
+    """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
+    return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))

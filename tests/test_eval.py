@@ -196,6 +196,7 @@ def test_bad_arguments(qwen, prompts):
 
 
 def test_position_ids_count_real_tokens(qwen, prompts):
+    prompts = sorted(prompts, key=len)  # the sampler batches prompts by length; keep its order here
     seen = []
     hook = qwen.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
     try:

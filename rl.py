@@ -33,7 +33,6 @@ trainer_state.pt; PPO adds value_head.pt), and `--resume` continues exactly.
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -446,7 +445,9 @@ def main(argv=None, reward_fn=None, correct_fn=None):
 
         # learning: ppo_epochs passes, each cut into mini-batches; one optimizer update per mini-batch
         t1 = time.time()
-        stats = dict(pg_loss=0.0, vf_loss=0.0, entropy=0.0, kl_ref=0.0, approx_kl=0.0, clip_frac=0.0, logp_sampler_diff=0.0, tokens=0.0)
+        stats = dict(pg_loss=0.0, vf_loss=0.0, entropy=0.0, kl_ref=0.0, approx_kl=0.0, clip_frac=0.0, logp_sampler_diff=0.0, tokens=0.0, first_tokens=0.0)
+        if ref is not None and args.algo == "ppo":  # the KL that entered the rewards: logp - ref_logp of the sampling policy
+            stats["kl_ref"] = masked_sum(old_logp_BR - ref_logp_BR, mask_BR).item()
         grad_norms, ratio_dev_first = [], None
         for epoch in range(args.ppo_epochs):
             # pass 0 keeps the rows in the pre-pass's order, so the first mini-batch's micro-batches are the
@@ -479,13 +480,12 @@ def main(argv=None, reward_fn=None, correct_fn=None):
                             loss = loss + args.vf_coef * vf_N.sum()
                             stats["vf_loss"] += vf_N.sum().item()
                         (loss * scale).backward()
-                    if epoch == 0 and m0 == 0:
+                    if epoch == 0 and m0 == 0:  # the policy has not moved yet: compare with the sampler
                         dev = (ratio_N.detach() - 1).abs().max().item()
                         ratio_dev_first = dev if ratio_dev_first is None else max(ratio_dev_first, dev)
-                        if ref is not None and args.algo == "ppo":
-                            stats["kl_ref"] += (logp_N.detach() - to_dev(ref_logp_BR)).sum().item()
                         sampler_N = torch.cat([ro["sampler_logp"][i] for i in rows]).to(device)
                         stats["logp_sampler_diff"] += (logp_N.detach() - sampler_N).abs().sum().item()
+                        stats["first_tokens"] += len(logp_N)
                     stats["pg_loss"] += pg_N.sum().item()
                     stats["entropy"] += ent_N.sum().item()
                     stats["approx_kl"] += k3_kl(old_N, logp_N.detach()).sum().item()
@@ -511,7 +511,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
                "truncated": tot["truncated"] / tot["rows"], "kl_ref": tot["kl_ref"] / max(tot["step_tokens"] if args.algo == "ppo" else tot["tokens"], 1),
                "approx_kl": per_tok("approx_kl"), "clip_frac": per_tok("clip_frac"), "entropy": per_tok("entropy"),
                "pg_loss": per_tok("pg_loss"), "grad_norm": float(np.mean(grad_norms)), "ratio_dev_first": ratio_dev_first,
-               "logp_sampler_diff": tot["logp_sampler_diff"] / max(tot["step_tokens"], 1), "lr": args.lr,
+               "logp_sampler_diff": tot["logp_sampler_diff"] / max(tot["first_tokens"], 1), "lr": args.lr,
                "sample_s": t_sample, "learn_s": t_learn}
         if args.algo == "grpo":
             row["zero_var_groups"] = tot["zero_var_groups"] / args.prompts_per_step
@@ -542,7 +542,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             print(f"saved {os.path.join(args.out, 'final')}")
     pbar.close()
     if world > 1:  # DDP keeps replicas identical; say so rather than assume it
-        checksum = torch.tensor([float(sum(p.double().sum() for p in params))], dtype=torch.float64, device=device)
+        checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
         all_sums = [torch.zeros_like(checksum) for _ in range(world)]
         dist.all_gather(all_sums, checksum)
         if master:

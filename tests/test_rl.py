@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch

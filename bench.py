@@ -232,8 +232,114 @@ def bench_sft(args):
 # sampler
 
 
+def _left_pad(prompts, pad_id):
+    import torch
+    T = max(map(len, prompts))
+    ids_BT = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts])
+    mask_BT = torch.stack([torch.arange(T) >= T - len(p) for p in prompts]).long()
+    return ids_BT, mask_BT
+
+
+def _cut_at_eos(rows, eos_ids):
+    eos = set(eos_ids)
+    return [row[:next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
+
+
+def _generate_greedy(model, prompts, max_new_tokens, eos_ids, pad_id):
+    """The peer: Hugging Face `model.generate`, greedy, on the left-padded batch."""
+    import torch
+    ids_BT, mask_BT = _left_pad(prompts, pad_id)
+    with torch.no_grad():
+        out_BT = model.generate(input_ids=ids_BT, attention_mask=mask_BT, do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id)
+    return _cut_at_eos(out_BT[:, ids_BT.shape[1]:].tolist(), eos_ids)
+
+
+def _no_cache_greedy(model, prompts, max_new_tokens, eos_ids, pad_id):
+    """Greedy decoding without a KV cache: every step re-runs the whole left-padded sequence."""
+    import torch
+    ids_BT, mask_BT = _left_pad(prompts, pad_id)
+    done_B = torch.zeros(len(prompts), dtype=torch.bool)
+    eos_E = torch.tensor(eos_ids)
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            pos_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
+            logits_BV = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_BT, logits_to_keep=1).logits[:, -1]
+            token_B = logits_BV.argmax(-1)
+            new.append(token_B)
+            done_B |= torch.isin(token_B, eos_E)
+            if done_B.all():
+                break
+            ids_BT = torch.cat([ids_BT, token_B[:, None]], dim=1)
+            mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1)
+    return _cut_at_eos(torch.stack(new, dim=1).tolist(), eos_ids)
+
+
 def bench_sampler(args):
-    raise NotImplementedError
+    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), greedy,
+    an eval-size batch of prompts of mixed lengths, rows finishing at mixed steps. Runs are
+    interleaved and repeated, on one thread: this machine's 2 cores are shared, and timings are far
+    steadier that way."""
+    import random
+    import statistics
+    import tempfile
+    import time
+
+    import torch
+
+    from eval import sample
+    from sft import build_tiny_model, load_model, load_tokenizer
+
+    n_prompts, min_len, max_len, max_new_tokens, rounds, subset = 400, 60, 200, 48, 3, 16
+    torch.set_num_threads(1)
+    rng = random.Random(args.seed)
+    # enough distinct made-up words for a ~2k-token BPE vocabulary
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_model(tmp + "/tiny", texts)
+        model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
+    n_params = sum(p.numel() for p in model.parameters())
+    vocab = len(tok)
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
+    # a random model rarely says EOS: take as EOS ids what the free-running replies of a random half
+    # of the prompts say at random steps, so rows finish at mixed steps
+    free = sample(model, prompts, temperature=0, max_new_tokens=max_new_tokens, eos_ids=[]).ids
+    eos_ids = sorted({free[i][rng.randrange(max_new_tokens)] for i in rng.sample(range(n_prompts), n_prompts // 2)})
+    pad_id = tok.pad_token_id
+    few = prompts[::subset]
+    print(f"tiny Qwen2 ({n_params / 1e6:.2f}M params, vocab {vocab}), fp32, CPU, 1 thread; {n_prompts} prompts of "
+          f"{min_len}-{max_len} tokens, greedy, max_new_tokens {max_new_tokens}, {len(eos_ids)} token ids as EOS")
+
+    runs = {
+        "sampler": lambda: sample(model, prompts, temperature=0, max_new_tokens=max_new_tokens, eos_ids=eos_ids).ids,
+        "generate": lambda: _generate_greedy(model, prompts, max_new_tokens, eos_ids, pad_id),
+        "sampler, subset": lambda: sample(model, few, temperature=0, max_new_tokens=max_new_tokens, eos_ids=eos_ids).ids,
+        "no cache, subset": lambda: _no_cache_greedy(model, few, max_new_tokens, eos_ids, pad_id),
+    }
+    rates, outputs = {name: [] for name in runs}, {}
+    for r in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            outputs[name] = run()
+            seconds = time.perf_counter() - t0
+            n_tokens = sum(map(len, outputs[name]))
+            rates[name].append(n_tokens / seconds)
+            print(f"round {r + 1}  {name:18s} {n_tokens:6d} tokens in {seconds:6.2f}s  {n_tokens / seconds:7.0f} tokens/s")
+    lengths = sorted(map(len, outputs["sampler"]))
+    same = sum(a == b for a, b in zip(outputs["sampler"], outputs["generate"]))
+    same_few = sum(a == b for a, b in zip(outputs["sampler, subset"], outputs["no cache, subset"]))
+    print(f"reply lengths: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
+          f"{sum(n < max_new_tokens for n in lengths)}/{len(lengths)} rows stopped at an EOS")
+    print(f"greedy outputs identical: sampler vs generate {same}/{n_prompts}, "
+          f"sampler vs no cache {same_few}/{len(few)}")
+    median = {name: statistics.median(v) for name, v in rates.items()}
+    print(f"median tokens/s: (a) sampler {median['sampler']:.0f}  (b) generate {median['generate']:.0f}  "
+          f"(c) no cache {median['no cache, subset']:.0f} on 1/{subset} of the prompts "
+          f"(sampler there: {median['sampler, subset']:.0f})")
+    print(f"sampler vs no cache: {median['sampler, subset'] / median['no cache, subset']:.2f}x (same subset)")
+    print(f"sampler vs generate: {median['sampler'] / median['generate']:.2f}x")
 
 
 # -----------------------------------------------------------------------------

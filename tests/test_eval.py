@@ -1,10 +1,10 @@
-"""Tests of eval.py: the KV-cached sampler on tiny random Qwen2 / Llama models (CPU, fp32)."""
+"""Tests of eval.py: the KV-cached sampler on tiny random Qwen2 / Llama models (CPU, fp32 unless said)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+import sft
 from eval import Samples, cut_at_stop, sample
 
 TEXTS = [
@@ -15,25 +15,28 @@ TEXTS = [
 PROMPTS = ["the quick brown fox", "a", "<answer>Up</answer> the lazy dog jumps over the box", "cards 8 3"]
 
 # -----------------------------------------------------------------------------
-# fixtures: a byte-level BPE tokenizer and tiny random models
+# fixtures: sft.py's tiny model directory (byte-level BPE tokenizer, random Qwen2), and tiny random
+# models built from configs with that tokenizer (GQA, Llama, eager attention)
 
 
 @pytest.fixture(scope="module")
-def tok():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(TEXTS * 4, trainers.BpeTrainer(vocab_size=320, special_tokens=special,
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+def tiny_dir(tmp_path_factory):
+    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), TEXTS * 4, hidden=64, layers=2, heads=4,
+                                ffn=128, vocab=320)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_dir):
+    return sft.load_tokenizer(tiny_dir)
 
 
 def tiny_model(kind, tok, attn="sdpa"):
     torch.manual_seed(0)
+    # a larger init than the default: a random model's replies then react to every input token and
+    # position, so a wrong mask or position id changes the greedy output
     size = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id)
+                num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = Qwen2Config(**size) if kind == "qwen2" else LlamaConfig(**size)
     config._attn_implementation = attn
     model = (Qwen2ForCausalLM if kind == "qwen2" else LlamaForCausalLM)(config)
@@ -74,9 +77,10 @@ def hf_generate(model, prompts, pad_id, **kw):
 
 
 @pytest.mark.parametrize("kind,attn,small_chunks", [("qwen2", "sdpa", False), ("qwen2", "sdpa", True),
-                                                    ("llama", "sdpa", False), ("qwen2", "eager", False)])
-def test_greedy_equals_generate(tok, prompts, kind, attn, small_chunks):
-    model = tiny_model(kind, tok, attn)
+                                                    ("llama", "sdpa", False), ("qwen2", "eager", False),
+                                                    ("sft-tiny", "sdpa", False)])
+def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks):
+    model = sft.load_model(tiny_dir, "fp32") if kind == "sft-tiny" else tiny_model(kind, tok, attn)
     # an EOS that some rows hit mid-way, so rows finish at different steps (and get dropped)
     free = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[]).ids
     eos = free[1][6]

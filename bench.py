@@ -245,28 +245,33 @@ def _cut_at_eos(rows, eos_ids):
     return [row[:next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
 
-def _generate_greedy(model, prompts, max_new_tokens, eos_ids, pad_id):
-    """The peer: Hugging Face `model.generate`, greedy, on the left-padded batch."""
+def _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
+    """The peer: Hugging Face `model.generate` on the left-padded batch (top-k off, as in the sampler)."""
     import torch
     ids_BT, mask_BT = _left_pad(prompts, pad_id)
+    mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
-        out_BT = model.generate(input_ids=ids_BT, attention_mask=mask_BT, do_sample=False,
-                                max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id)
+        out_BT = model.generate(input_ids=ids_BT, attention_mask=mask_BT, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos_ids, pad_token_id=pad_id, **mode)
     return _cut_at_eos(out_BT[:, ids_BT.shape[1]:].tolist(), eos_ids)
 
 
-def _no_cache_greedy(model, prompts, max_new_tokens, eos_ids, pad_id):
-    """Greedy decoding without a KV cache: every step re-runs the whole left-padded sequence."""
+def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
+    """Decoding without a KV cache: every step re-runs the whole left-padded sequence."""
     import torch
     ids_BT, mask_BT = _left_pad(prompts, pad_id)
     done_B = torch.zeros(len(prompts), dtype=torch.bool)
     eos_E = torch.tensor(eos_ids)
+    generator = torch.Generator().manual_seed(0)
     new = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             pos_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
             logits_BV = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_BT, logits_to_keep=1).logits[:, -1]
-            token_B = logits_BV.argmax(-1)
+            if temperature > 0:
+                token_B = torch.multinomial((logits_BV.float() / temperature).softmax(-1), 1, generator=generator)[:, 0]
+            else:
+                token_B = logits_BV.argmax(-1)
             new.append(token_B)
             done_B |= torch.isin(token_B, eos_E)
             if done_B.all():
@@ -277,10 +282,11 @@ def _no_cache_greedy(model, prompts, max_new_tokens, eos_ids, pad_id):
 
 
 def bench_sampler(args):
-    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), greedy,
-    an eval-size batch of prompts of mixed lengths, rows finishing at mixed steps. Runs are
-    interleaved and repeated, on one thread: this machine's 2 cores are shared, and timings are far
-    steadier that way."""
+    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
+    eval-size batch of prompts of mixed lengths, sampled at temperature 1 with a set of EOS ids that
+    ends rows at mixed steps (a random model rarely says its real EOS); then one greedy round, whose
+    outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2
+    cores are shared, and timings are far steadier that way."""
     import random
     import statistics
     import tempfile
@@ -291,7 +297,8 @@ def bench_sampler(args):
     from eval import sample
     from sft import build_tiny_model, load_model, load_tokenizer
 
-    n_prompts, min_len, max_len, max_new_tokens, rounds, subset = 400, 60, 200, 48, 3, 16
+    n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
+    temperature = 1.0
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     # enough distinct made-up words for a ~2k-token BPE vocabulary
@@ -303,37 +310,41 @@ def bench_sampler(args):
     n_params = sum(p.numel() for p in model.parameters())
     vocab = len(tok)
     prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
-    # a random model rarely says EOS: take as EOS ids what the free-running replies of a random half
-    # of the prompts say at random steps, so rows finish at mixed steps
-    free = sample(model, prompts, temperature=0, max_new_tokens=max_new_tokens, eos_ids=[]).ids
-    eos_ids = sorted({free[i][rng.randrange(max_new_tokens)] for i in rng.sample(range(n_prompts), n_prompts // 2)})
+    eos_ids = rng.sample(range(3, vocab), n_eos)
     pad_id = tok.pad_token_id
     few = prompts[::subset]
     print(f"tiny Qwen2 ({n_params / 1e6:.2f}M params, vocab {vocab}), fp32, CPU, 1 thread; {n_prompts} prompts of "
-          f"{min_len}-{max_len} tokens, greedy, max_new_tokens {max_new_tokens}, {len(eos_ids)} token ids as EOS")
+          f"{min_len}-{max_len} tokens, temperature {temperature}, max_new_tokens {max_new_tokens}, {n_eos} EOS ids")
+
+    def ours(ps, temp):
+        return sample(model, ps, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=args.seed).ids
 
     runs = {
-        "sampler": lambda: sample(model, prompts, temperature=0, max_new_tokens=max_new_tokens, eos_ids=eos_ids).ids,
-        "generate": lambda: _generate_greedy(model, prompts, max_new_tokens, eos_ids, pad_id),
-        "sampler, subset": lambda: sample(model, few, temperature=0, max_new_tokens=max_new_tokens, eos_ids=eos_ids).ids,
-        "no cache, subset": lambda: _no_cache_greedy(model, few, max_new_tokens, eos_ids, pad_id),
+        "sampler": lambda: ours(prompts, temperature),
+        "generate": lambda: _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature),
+        "sampler, subset": lambda: ours(few, temperature),
+        "no cache, subset": lambda: _no_cache(model, few, max_new_tokens, eos_ids, pad_id, temperature),
     }
     rates, outputs = {name: [] for name in runs}, {}
+
+    def timed(name, run, label):
+        t0 = time.perf_counter()
+        outputs[name] = run()
+        seconds = time.perf_counter() - t0
+        n_tokens = sum(map(len, outputs[name]))
+        print(f"{label:8s} {name:18s} {n_tokens:6d} tokens in {seconds:6.2f}s  {n_tokens / seconds:7.0f} tokens/s")
+        return n_tokens / seconds
+
     for r in range(rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
-            outputs[name] = run()
-            seconds = time.perf_counter() - t0
-            n_tokens = sum(map(len, outputs[name]))
-            rates[name].append(n_tokens / seconds)
-            print(f"round {r + 1}  {name:18s} {n_tokens:6d} tokens in {seconds:6.2f}s  {n_tokens / seconds:7.0f} tokens/s")
+            rates[name].append(timed(name, run, f"round {r + 1}"))
     lengths = sorted(map(len, outputs["sampler"]))
-    same = sum(a == b for a, b in zip(outputs["sampler"], outputs["generate"]))
-    same_few = sum(a == b for a, b in zip(outputs["sampler, subset"], outputs["no cache, subset"]))
-    print(f"reply lengths: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
+    print(f"reply lengths (sampler): min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
           f"{sum(n < max_new_tokens for n in lengths)}/{len(lengths)} rows stopped at an EOS")
-    print(f"greedy outputs identical: sampler vs generate {same}/{n_prompts}, "
-          f"sampler vs no cache {same_few}/{len(few)}")
+    greedy_a = timed("sampler", lambda: ours(prompts, 0.0), "greedy")
+    greedy_b = timed("generate", lambda: _generate(model, prompts, max_new_tokens, eos_ids, pad_id, 0.0), "greedy")
+    same = sum(a == b for a, b in zip(outputs["sampler"], outputs["generate"]))
+    print(f"greedy: sampler vs generate {greedy_a / greedy_b:.2f}x, outputs identical in {same}/{n_prompts} rows")
     median = {name: statistics.median(v) for name, v in rates.items()}
     print(f"median tokens/s: (a) sampler {median['sampler']:.0f}  (b) generate {median['generate']:.0f}  "
           f"(c) no cache {median['no cache, subset']:.0f} on 1/{subset} of the prompts "

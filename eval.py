@@ -13,17 +13,38 @@ token-for-token the output of `model.generate(do_sample=False)` (tests/test_eval
 
     python bench.py sampler     # tokens/s vs model.generate and vs decoding without a cache
 
+The evaluator plays the study's test sets with that sampler and prints the paper's Table 1 row:
+
+    python eval.py --model runs/sok-ans/final --task sokoban --data data              # 8 variants x 100 rooms
+    python eval.py --model runs/gp-ans/final --task gpoints --data data --out gp.json   # 8 variants x 500 hands
+    python eval.py --model runs/sok-ans/final --task sokoban --limit 20 --temperature 0  # quick and greedy
+    python eval.py --sweep runs/sok-ans --task sokoban --out sweep.json                  # best step_N (mean w/o Fake)
+    python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 --out data/sokoban/train_distilled_cot.jsonl
+
+Sokoban is multi-turn as in the paper: each turn the model sees only the current state (rendered
+by make_data.sokoban_prompt in the style it was trained on) and answers one action; an answer the
+environment does not accept moves nothing but uses a turn; 30 turns. `valid` is the per-episode
+share of accepted answers, averaged over episodes (an episode without one counts 0).
+
 Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
 and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
 """
+import argparse
 import inspect
+import json
+import math
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import env_gpoints
 import env_sokoban
+import make_data
+from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl
 
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
@@ -308,9 +329,6 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
                    truncated=[r == "length" for r in reasons], stop_reason=reasons)
 
 
-# -----------------------------------------------------------------------------
-# Evaluator (multi-turn Sokoban, General Points, tables, --sweep, --distill): to be added on top of
-# `sample` above.
 
 
 # -----------------------------------------------------------------------------
@@ -335,3 +353,275 @@ def reward(reply, meta):
 def is_correct(reply, meta):
     """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
     return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))
+
+
+# -----------------------------------------------------------------------------
+# Evaluator: multi-turn Sokoban and one-shot General Points on the study's test sets
+
+SOKOBAN_VARIANTS = tuple(env_sokoban.VARIANTS)  # id alpha num rand large twoboxes complex fake
+GPOINTS_VARIANTS = tuple(env_gpoints.VARIANTS)  # id all5 all7 all12 regular large five fake
+STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": ()}
+
+
+def prompt_ids(tokenizer, content):
+    """Token ids of one user turn under the model's chat template, ready for the reply."""
+    return encode_prompt(tokenizer, [{"role": "user", "content": content}])
+
+
+def wilson_interval(successes, n, z=1.96):
+    """95% Wilson score interval of a binomial proportion: sane at 0 and 1, unlike p +- 2 sigma."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def load_eval_sets(data_dir, task, variants, limit=None):
+    """{variant: records} from DATA/TASK/eval_VARIANT.jsonl, the first `limit` records of each."""
+    sets = {}
+    for variant in variants:
+        path = os.path.join(data_dir, task, f"eval_{variant}.jsonl")
+        records = read_jsonl(path)
+        for line_no, record in enumerate(records, 1):
+            if not isinstance(record, dict) or "meta" not in record or record["meta"].get("task") != task:
+                raise UserError(f"{path}:{line_no}: not a {task} evaluation record (make_data.py writes them)")
+        sets[variant] = records[:limit] if limit else records
+    return sets
+
+
+class Episode:
+    """One multi-turn Sokoban game started from an evaluation record."""
+
+    def __init__(self, variant, record, max_turns):
+        meta = record["meta"]
+        self.variant, self.names, self.accepted, self.style = variant, meta["names"], meta["accepted"], meta.get("style", "full")
+        self.env = env_sokoban.SokobanEnv.from_text(meta["grid"], max_steps=max_turns)
+        self.turns = self.valid = self.effective = 0
+        self.done, self.success, self.transcript = False, False, []
+
+    def prompt(self):
+        return make_data.sokoban_prompt(self.env.render(), self.names, self.style)
+
+    def play(self, reply):
+        """Apply one reply: an accepted word moves the player, anything else wastes the turn."""
+        action = env_sokoban.parse_answer(reply, self.accepted)
+        self.turns += 1
+        self.transcript.append(reply)
+        if action is not None:
+            self.valid += 1
+            _, _, solved, _, info = self.env.step(action)
+            self.effective += info["action_is_effective"]
+            self.success = solved
+        self.done = self.success or self.turns >= self.env.max_steps
+
+
+def evaluate_sokoban(model, tokenizer, sets, *, temperature=0.5, top_p=1.0, seed=0, max_new_tokens=256,
+                     max_turns=30, batch_rows=None, show=2, progress=True):
+    """The paper's multi-turn protocol: every episode of every variant advances together, one
+    batched sampler call per turn; each turn the model sees only the current state's prompt and
+    answers one action. Returns {variant: metrics}."""
+    episodes = [Episode(v, r, max_turns) for v, records in sets.items() for r in records]
+    bar = tqdm(total=max_turns, desc="sokoban turns", disable=not progress, leave=False)
+    for turn in range(max_turns):
+        active = [e for e in episodes if not e.done]
+        if not active:
+            break
+        prompts = [prompt_ids(tokenizer, e.prompt()) for e in active]
+        out = sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed * 1000 + turn,
+                     max_new_tokens=max_new_tokens, stop_strings=STOP_STRINGS["sokoban"], tokenizer=tokenizer,
+                     max_batch_rows=batch_rows)
+        for episode, reply in zip(active, out.texts):
+            episode.play(reply)
+        bar.update(1)
+        bar.set_postfix(active=len(active))
+    bar.close()
+    results = {}
+    for variant in sets:
+        mine = [e for e in episodes if e.variant == variant]
+        n, wins = len(mine), sum(e.success for e in mine)
+        results[variant] = dict(
+            n=n, success=wins / max(n, 1), success_ci=wilson_interval(wins, n),
+            # per-episode shares, then their mean: an episode without one valid turn counts 0
+            valid=sum(e.valid / e.turns for e in mine) / max(n, 1),
+            effective=sum(e.effective / e.turns for e in mine) / max(n, 1),
+            turns=sum(e.turns for e in mine) / max(n, 1),
+            examples=[dict(grid=e.env.render(), success=e.success, replies=e.transcript[:3]) for e in mine[:show]])
+    return results
+
+
+def evaluate_gpoints(model, tokenizer, sets, *, temperature=0.5, top_p=1.0, seed=0, max_new_tokens=512,
+                     batch_rows=None, show=2, progress=True):
+    """One reply per problem, scored by env_gpoints.score: success = +5, valid = reward >= -1."""
+    items = [(v, r) for v, records in sets.items() for r in records]
+    prompts = [prompt_ids(tokenizer, r["messages"][0]["content"]) for _, r in items]
+    out = sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
+                 tokenizer=tokenizer, max_batch_rows=batch_rows)
+    scores = [reward(text, r["meta"]) for (_, r), text in zip(items, out.texts)]
+    results = {}
+    for variant in sets:
+        mine = [(r, text, s) for (v, r), text, s in zip(items, out.texts, scores) if v == variant]
+        n, wins = len(mine), sum(s == env_gpoints.REWARD_CORRECT for _, _, s in mine)
+        results[variant] = dict(
+            n=n, success=wins / max(n, 1), success_ci=wilson_interval(wins, n),
+            valid=sum(s >= env_gpoints.REWARD_WRONG_RESULT for _, _, s in mine) / max(n, 1),
+            examples=[dict(cards=r["meta"]["cards"], score=s, reply=text) for r, text, s in mine[:show]])
+    return results
+
+
+def average_except_fake(results):
+    """The paper's checkpoint-selection score: mean success over every column but Fake."""
+    scores = [m["success"] for v, m in results.items() if v != "fake"]
+    return sum(scores) / max(len(scores), 1)
+
+
+def format_table(results, title=""):
+    """A Markdown table in the paper's layout: variants as columns, success with its 95% Wilson
+    interval, then validity."""
+    variants = list(results)
+    lines = [f"| {title} | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    lines.append("| success | " + " | ".join(
+        f"{m['success']:.2f} [{m['success_ci'][0]:.2f}, {m['success_ci'][1]:.2f}]" for m in results.values()) + " |")
+    lines.append("| valid | " + " | ".join(f"{m['valid']:.2f}" for m in results.values()) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path, obj):
+    """Atomically (tmp file + rename): an interrupted run never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def trained_style(model_path):
+    """The prompt style of the data a run of sft.py / rl.py trained on (from RUN/config.json), or None."""
+    config = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            data = json.load(f).get("data")
+        with open(data, encoding="utf-8") as f:
+            return json.loads(f.readline())["meta"].get("style")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def evaluate_model(args, model_path, sets):
+    model = load_model(model_path, args.dtype, args.device)
+    tokenizer = load_tokenizer(model_path)
+    style = trained_style(model_path)
+    data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
+    if style and data_style and style != data_style:
+        print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
+    kwargs = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                  batch_rows=args.batch_rows, show=args.show)
+    if args.task == "sokoban":
+        return evaluate_sokoban(model, tokenizer, sets, max_turns=args.max_turns, **kwargs)
+    return evaluate_gpoints(model, tokenizer, sets, **kwargs)
+
+# -----------------------------------------------------------------------------
+# Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher
+
+
+def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_tokens=1024, seed=0,
+            batch_prompts=64, progress=True):
+    """For every SFT/RL record, sample `samples` replies and keep the first correct one (Sokoban:
+    well formed and an optimal move; GP: +5). Returns (records in make_data.py's SFT format, yield)."""
+    kept = []
+    task = records[0]["meta"]["task"] if records else "sokoban"
+    for start in tqdm(range(0, len(records), batch_prompts), desc="distill", disable=not progress):
+        chunk = records[start:start + batch_prompts]
+        prompts = [prompt_ids(tokenizer, r["messages"][0]["content"]) for r in chunk]
+        out = sample(model, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                     stop_strings=STOP_STRINGS[task], tokenizer=tokenizer, seed=seed + start)
+        for i, record in enumerate(chunk):
+            replies = out.texts[i * samples:(i + 1) * samples]
+            good = next((r for r in replies if is_correct(r, record["meta"])), None)
+            if good is not None:
+                meta = dict(record["meta"], distilled=True)
+                kept.append(dict(messages=[record["messages"][0], dict(role="assistant", content=good.strip())], meta=meta))
+    return kept, len(kept) / max(len(records), 1)
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model)")
+    parser.add_argument("--task", choices=("sokoban", "gpoints"), required=True, help="which benchmark")
+    parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
+    parser.add_argument("--out", default=None, help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
+    parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
+    parser.add_argument("--limit", type=int, default=None, help="first N records of each test set, for quick runs")
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed")
+    group.add_argument("--max-new-tokens", type=int, default=None, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
+    group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
+    group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
+    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
+    group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
+    group = parser.add_argument_group("checkpoint selection and distillation")
+    group.add_argument("--sweep", metavar="RUN_DIR", help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
+    group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
+    group.add_argument("--distill-from", default="train_ans", help="which DATA/TASK/NAME.jsonl prompts to distill")
+    group.add_argument("--samples", type=int, default=16, help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    if not args.sweep and not args.model:
+        raise UserError("--model is required (or --sweep RUN_DIR)")
+    if args.distill:
+        args.max_new_tokens = args.max_new_tokens or 1024
+        path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
+        records = read_jsonl(path)
+        model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
+        kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                              seed=args.seed)
+        out = args.out or os.path.join(args.data, args.task, "train_distilled_cot.jsonl")
+        tmp = f"{out}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        os.replace(tmp, out)
+        print(f"distilled {len(kept)} of {len(records)} prompts ({share:.1%} kept) -> {out}")
+        return
+    args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
+    variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
+    sets = load_eval_sets(args.data, args.task, variants, args.limit)
+    if args.sweep:
+        steps = sorted((int(d[5:]), os.path.join(args.sweep, d)) for d in os.listdir(args.sweep)
+                       if d.startswith("step_") and d[5:].isdigit()) if os.path.isdir(args.sweep) else []
+        if not steps:
+            raise UserError(f"no step_N checkpoints in {args.sweep}")
+        curve = []
+        for step, path in steps:
+            results = evaluate_model(args, path, sets)
+            curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
+            print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
+        best = max(curve, key=lambda c: (c["average"], -c["step"]))
+        print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
+        print(format_table(best["results"], f"{args.task} step {best['step']}"))
+        if args.out:
+            write_json(args.out, dict(task=args.task, run=args.sweep, best=best["path"], curve=curve, args=vars(args)))
+        return
+    results = evaluate_model(args, args.model, sets)
+    print(format_table(results, args.task))
+    print(f"mean success without Fake: {average_except_fake(results):.3f}")
+    if args.out:
+        write_json(args.out, dict(task=args.task, model=args.model, average_except_fake=average_except_fake(results),
+                                  variants=results, args=vars(args)))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"eval.py: {e}")

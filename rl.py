@@ -241,11 +241,6 @@ def check_prompt_record(record):
     return None
 
 
-def encode_prompt(tokenizer, messages):
-    # return_dict=False: transformers 5 returns a BatchEncoding otherwise
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
 def step_prompts(n_records, prompts_per_step, seed, step):
     """Record indices of a step: a stream of seeded permutations of the data, cut into steps.
     A pure function of (seed, step), so resuming at a step needs no data position."""
@@ -322,17 +317,19 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
     scores = {}
     for path in args.eval_data:
         records = sft.read_jsonl(path, check=check_prompt_record)[:args.eval_limit]
-        prompts = [encode_prompt(tokenizer, r["messages"]) for r in records]
+        prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in records]
         with sft.autocast_ctx(device, args.dtype):
             s = evaluation.sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                                   stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed)
         name = os.path.splitext(os.path.basename(path))[0]
         scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(s.texts, records)]))
-        # the multi-turn env evaluation, when eval.py provides it
+        # the environment evaluation with eval.py's own functions (multi-turn for Sokoban)
         task = records[0]["meta"].get("task") if records else None
-        run_env = getattr(evaluation, f"evaluate_{task}", None)
-        if run_env is not None:
-            result = run_env(lm, tokenizer, records, temperature=args.eval_temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        if task in ("sokoban", "gpoints"):
+            run_env = getattr(evaluation, f"evaluate_{task}")
+            variant = records[0]["meta"]["variant"]
+            result = run_env(lm, tokenizer, {variant: records}, temperature=args.eval_temperature,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, progress=False)[variant]
             scores.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     lines.append(" ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     tqdm.write("\n".join(lines))
@@ -358,7 +355,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         raise UserError(f"{args.data}: no prompts")
     resume_from = sft.latest_checkpoint(args.out) if args.resume else None
     tokenizer = sft.load_tokenizer(args.model)
-    prompts = [encode_prompt(tokenizer, r["messages"]) for r in tqdm(records, desc="encode", disable=not master, mininterval=2)]
+    prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in tqdm(records, desc="encode", disable=not master, mininterval=2)]
     metas = [r["meta"] for r in records]
 
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the

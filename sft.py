@@ -130,6 +130,13 @@ def end_of_turn_ids(tokenizer):
     return ids
 
 
+def encode_prompt(tokenizer, messages):
+    """Token ids of the conversation so far plus the generation prompt: what the model replies to
+    (the one prompt encoding of the project; eval.py and rl.py use it too)."""
+    # return_dict=False: transformers 5 returns a BatchEncoding otherwise
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
 def encode_chat(tokenizer, messages, max_length=None, truncate=False):
     """(input_ids, loss_mask) for a conversation whose last turn is the assistant's.
 
@@ -138,7 +145,7 @@ def encode_chat(tokenizer, messages, max_length=None, truncate=False):
     end-of-turn token (appended as EOS if the template has none). Token ids never decide the mask,
     so pad == EOS is harmless. Returns None if longer than max_length (or, with truncate, if
     cutting leaves no supervised token)."""
-    prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt_ids = encode_prompt(tokenizer, messages[:-1])
     full_ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
     if full_ids[: len(prompt_ids)] == prompt_ids:
         response_ids = full_ids[len(prompt_ids):]

@@ -135,7 +135,7 @@ def test_step_prompts_is_a_stream_of_permutations():
 def test_training_logprobs_equal_the_samplers(toy):
     data, model_dir = toy
     tok, lm = sft.load_tokenizer(model_dir), sft.load_model(model_dir, "fp32", "cpu").eval()
-    prompts = [rl.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
+    prompts = [sft.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
     assert all(isinstance(t, int) for t in prompts[0])
     s = evaluation.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
     ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)

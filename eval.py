@@ -398,6 +398,7 @@ class Episode:
         meta = record["meta"]
         self.variant, self.names, self.accepted, self.style = variant, meta["names"], meta["accepted"], meta.get("style", "full")
         self.env = env_sokoban.SokobanEnv.from_text(meta["grid"], max_steps=max_turns)
+        self.start = meta["grid"]
         self.turns = self.valid = self.effective = 0
         self.done, self.success, self.transcript = False, False, []
 
@@ -417,22 +418,29 @@ class Episode:
         self.done = self.success or self.turns >= self.env.max_steps
 
 
-def evaluate_sokoban(model, tokenizer, sets, *, temperature=0.5, top_p=1.0, seed=0, max_new_tokens=256,
-                     max_turns=30, batch_rows=None, show=2, progress=True):
-    """The paper's multi-turn protocol: every episode of every variant advances together, one
-    batched sampler call per turn; each turn the model sees only the current state's prompt and
-    answers one action. Returns {variant: metrics}."""
+def model_replies(model, tokenizer, *, temperature=0.5, top_p=1.0, max_new_tokens=256, batch_rows=None,
+                  stop_strings=()):
+    """A policy for the evaluators: (user prompts, seed) -> one reply each, from `model` through
+    the chat template and the batched sampler."""
+    def replies(contents, seed):
+        prompts = [prompt_ids(tokenizer, c) for c in contents]
+        return sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
+                      stop_strings=stop_strings, tokenizer=tokenizer, max_batch_rows=batch_rows).texts
+    return replies
+
+
+def evaluate_sokoban(replies, sets, *, seed=0, max_turns=30, show=2, progress=True):
+    """The paper's multi-turn protocol. `replies(prompts, seed)` is the policy (model_replies, or
+    a scripted one in the tests). Every episode of every variant advances together, one batched
+    call per turn; each turn the model sees only the current state's prompt and answers one
+    action. Returns {variant: metrics}."""
     episodes = [Episode(v, r, max_turns) for v, records in sets.items() for r in records]
     bar = tqdm(total=max_turns, desc="sokoban turns", disable=not progress, leave=False)
     for turn in range(max_turns):
         active = [e for e in episodes if not e.done]
         if not active:
             break
-        prompts = [prompt_ids(tokenizer, e.prompt()) for e in active]
-        out = sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed * 1000 + turn,
-                     max_new_tokens=max_new_tokens, stop_strings=STOP_STRINGS["sokoban"], tokenizer=tokenizer,
-                     max_batch_rows=batch_rows)
-        for episode, reply in zip(active, out.texts):
+        for episode, reply in zip(active, replies([e.prompt() for e in active], seed * 1000 + turn)):
             episode.play(reply)
         bar.update(1)
         bar.set_postfix(active=len(active))
@@ -447,21 +455,18 @@ def evaluate_sokoban(model, tokenizer, sets, *, temperature=0.5, top_p=1.0, seed
             valid=sum(e.valid / e.turns for e in mine) / max(n, 1),
             effective=sum(e.effective / e.turns for e in mine) / max(n, 1),
             turns=sum(e.turns for e in mine) / max(n, 1),
-            examples=[dict(grid=e.env.render(), success=e.success, replies=e.transcript[:3]) for e in mine[:show]])
+            examples=[dict(grid=e.start, success=e.success, replies=e.transcript[:5]) for e in mine[:show]])
     return results
 
 
-def evaluate_gpoints(model, tokenizer, sets, *, temperature=0.5, top_p=1.0, seed=0, max_new_tokens=512,
-                     batch_rows=None, show=2, progress=True):
+def evaluate_gpoints(replies, sets, *, seed=0, show=2, progress=True):
     """One reply per problem, scored by env_gpoints.score: success = +5, valid = reward >= -1."""
     items = [(v, r) for v, records in sets.items() for r in records]
-    prompts = [prompt_ids(tokenizer, r["messages"][0]["content"]) for _, r in items]
-    out = sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
-                 tokenizer=tokenizer, max_batch_rows=batch_rows)
-    scores = [reward(text, r["meta"]) for (_, r), text in zip(items, out.texts)]
+    texts = replies([r["messages"][0]["content"] for _, r in items], seed)
+    scores = [reward(text, r["meta"]) for (_, r), text in zip(items, texts)]
     results = {}
     for variant in sets:
-        mine = [(r, text, s) for (v, r), text, s in zip(items, out.texts, scores) if v == variant]
+        mine = [(r, text, s) for (v, r), text, s in zip(items, texts, scores) if v == variant]
         n, wins = len(mine), sum(s == env_gpoints.REWARD_CORRECT for _, _, s in mine)
         results[variant] = dict(
             n=n, success=wins / max(n, 1), success_ci=wilson_interval(wins, n),
@@ -515,11 +520,11 @@ def evaluate_model(args, model_path, sets):
     data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
     if style and data_style and style != data_style:
         print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
-    kwargs = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  batch_rows=args.batch_rows, show=args.show)
+    replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS[args.task])
     if args.task == "sokoban":
-        return evaluate_sokoban(model, tokenizer, sets, max_turns=args.max_turns, **kwargs)
-    return evaluate_gpoints(model, tokenizer, sets, **kwargs)
+        return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
+    return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
 
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher

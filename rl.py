@@ -328,8 +328,9 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
         if task in ("sokoban", "gpoints"):
             run_env = getattr(evaluation, f"evaluate_{task}")
             variant = records[0]["meta"]["variant"]
-            result = run_env(lm, tokenizer, {variant: records}, temperature=args.eval_temperature,
-                             max_new_tokens=args.max_new_tokens, seed=args.seed, progress=False)[variant]
+            replies = evaluation.model_replies(lm, tokenizer, temperature=args.eval_temperature,
+                                               max_new_tokens=args.max_new_tokens, stop_strings=args.stop)
+            result = run_env(replies, {variant: records}, seed=args.seed, progress=False)[variant]
             scores.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     lines.append(" ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     tqdm.write("\n".join(lines))

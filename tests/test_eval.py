@@ -212,3 +212,137 @@ def test_position_ids_count_real_tokens(qwen, prompts):
     for i, p in enumerate(prompts):  # left padding: the real tokens are the last len(p) columns
         assert prefill_bT[i, T - len(p):].tolist() == list(range(len(p)))
         assert [d[2 * i, 0].item() for d in decode] == [len(p), len(p) + 1]
+
+# -----------------------------------------------------------------------------
+# the evaluator: scripted policies on make_data.py's test sets, the table, CLI errors
+
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import env_gpoints  # noqa: E402
+import env_sokoban  # noqa: E402
+import eval as evaluation  # noqa: E402
+import make_data  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("data"))
+    make_data.main(["--out", out, "--scale", "small", "--style", "compact", "--sok-eval-rooms", "6", "--gp-eval", "6"])
+    return out
+
+
+def compact_state(prompt):
+    """(names, env) from a compact Sokoban prompt, as a scripted player reads it."""
+    lines = prompt.splitlines()
+    names = {direction: word for word, direction in re.findall(r"(\S+)=(Up|Down|Left|Right)", lines[0])}
+    return names, env_sokoban.SokobanEnv.from_text("\n".join(lines[1:-1]))
+
+
+def solver_policy(vocabulary=None):
+    """Plays the solver's move, named as the prompt says (or in a fixed vocabulary)."""
+    def replies(prompts, seed):
+        out = []
+        for prompt in prompts:
+            names, env = compact_state(prompt)
+            word = (vocabulary or names)[env_sokoban.solve(env)[0]]
+            out.append(f"<think> </think> <answer> {word} </answer>")
+        return out
+    return replies
+
+
+def test_solver_policy_wins_every_variant_but_fake(data):
+    sets = evaluation.load_eval_sets(data, "sokoban", evaluation.SOKOBAN_VARIANTS)
+    results = evaluation.evaluate_sokoban(solver_policy(), sets, progress=False)
+    for variant, m in results.items():
+        if variant == "fake":  # the prompt's names (1-4) are not what the environment accepts
+            assert (m["success"], m["valid"], m["turns"]) == (0.0, 0.0, 30.0)
+        else:
+            assert (m["success"], m["valid"], m["effective"]) == (1.0, 1.0, 1.0), variant
+            optimal = [len(env_sokoban.solve(env_sokoban.SokobanEnv.from_text(r["meta"]["grid"]))) for r in sets[variant]]
+            assert m["turns"] == sum(optimal) / len(optimal)
+
+
+def test_ignoring_the_prompt_wins_fake_only(data):
+    sets = evaluation.load_eval_sets(data, "sokoban", ("id", "num", "fake"))
+    results = evaluation.evaluate_sokoban(solver_policy(env_sokoban.VOCABS["default"]), sets, progress=False)
+    assert results["id"]["success"] == 1.0 and results["fake"]["success"] == 1.0
+    assert results["num"]["success"] == 0.0 and results["num"]["valid"] == 0.0
+
+
+def test_garbage_and_half_valid_policies(data):
+    sets = evaluation.load_eval_sets(data, "sokoban", ("id",), limit=4)
+    garbage = evaluation.evaluate_sokoban(lambda prompts, seed: ["<answer> jump </answer>" + "x" * 10] * len(prompts),
+                                          sets, progress=False)["id"]
+    assert (garbage["success"], garbage["valid"], garbage["effective"], garbage["turns"]) == (0.0, 0.0, 0.0, 30.0)
+    solver, turn = solver_policy(), {"n": 0}
+
+    def every_other(prompts, seed):  # garbage on even turns, the solver's move on odd ones
+        turn["n"] += 1
+        return solver(prompts, seed) if turn["n"] % 2 == 0 else ["no idea"] * len(prompts)
+    half = evaluation.evaluate_sokoban(every_other, sets, progress=False)["id"]
+    assert half["success"] == 1.0 and half["valid"] == pytest.approx(0.5)
+
+
+def test_gpoints_scoring_of_known_replies(data):
+    sets = evaluation.load_eval_sets(data, "gpoints", evaluation.GPOINTS_VARIANTS)
+    by_prompt = {r["messages"][0]["content"]: r["meta"] for records in sets.values() for r in records}
+
+    def solver(prompts, seed):
+        return ['<think> </think> {"formula": "%s"}' % env_gpoints.solve_one(by_prompt[p]["values"]) for p in prompts]
+    results = evaluation.evaluate_gpoints(solver, sets, progress=False)
+    assert all(m["success"] == 1.0 and m["valid"] == 1.0 for m in results.values())
+    wrong = evaluation.evaluate_gpoints(lambda prompts, seed: ['{"formula": "1+2"}'] * len(prompts), sets, progress=False)
+    assert all(m["success"] == 0.0 and m["valid"] == 0.0 for m in wrong.values())  # -2: not the card values
+
+
+def test_wilson_interval_and_table_lists_every_variant():
+    lo, hi = evaluation.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = evaluation.wilson_interval(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
+    table = evaluation.format_table(results, "Ans.")
+    header = table.splitlines()[0]
+    assert all(f" {v} " in header for v in evaluation.SOKOBAN_VARIANTS)
+    assert "0.50 [0.40, 0.60]" in table and evaluation.average_except_fake(results) == 0.5
+
+
+def test_distill_keeps_the_first_correct_reply(data, monkeypatch):
+    path = os.path.join(data, "sokoban", "train_ans.jsonl")
+    records = [json.loads(line) for line in open(path, encoding="utf-8")][:5]
+    good = lambda r: f"<think> plan </think> <answer> {r['meta']['names'][r['meta']['optimal'][0]]} </answer>"  # noqa: E731
+
+    def fake_sample(model, prompt_ids, *, n, **kw):  # replies: wrong, right, right for even prompts; all wrong for odd
+        texts = []
+        for i in range(len(prompt_ids)):
+            record = records[i]
+            texts += ["<answer> nope </answer>", good(record), good(record) + "!"] if i % 2 == 0 else ["nope"] * n
+        return Samples(ids=None, texts=texts, logprobs=None, truncated=None, stop_reason=None)
+    monkeypatch.setattr(evaluation, "sample", fake_sample)
+    monkeypatch.setattr(evaluation, "prompt_ids", lambda tok, content: [1])
+    kept, share = evaluation.distill(None, None, records, samples=3, progress=False)
+    assert len(kept) == 3 and share == pytest.approx(3 / 5)
+    for r in kept:
+        assert r["messages"][1]["content"] == good(r) and r["meta"]["distilled"]
+        assert evaluation.is_correct(r["messages"][1]["content"], r["meta"])
+
+
+def test_cli_runs_on_a_tiny_model_and_reports_bad_input(data, tmp_path):
+    model_dir = sft.build_tiny_model(str(tmp_path / "tiny"), TEXTS * 4, hidden=32, layers=1, heads=2, ffn=64, vocab=300)
+    out = tmp_path / "gp.json"
+    run = lambda *a: subprocess.run([sys.executable, "eval.py", *a], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    result = run("--model", model_dir, "--task", "gpoints", "--data", data, "--limit", "2", "--max-new-tokens", "4",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert list(saved["variants"]) == list(evaluation.GPOINTS_VARIANTS) and "| valid |" in result.stdout
+    for args, message in ((("--model", str(tmp_path / "missing"), "--task", "sokoban", "--data", data), "model directory not found"),
+                          (("--model", model_dir, "--task", "sokoban", "--data", str(tmp_path)), "data file not found")):
+        result = run(*args)
+        assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1

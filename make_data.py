@@ -38,8 +38,9 @@ import env_sokoban as sok
 # arguments
 
 SCALES = {  # file sizes: the paper's, and a small set for tests and demos
-    "full": dict(sok_train_rooms=1000, sok_rl_rooms=1000, sok_eval_rooms=100, gp_train=10000, gp_rl=10000, gp_eval=500),
-    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10),
+    "full": dict(sok_train_rooms=1000, sok_rl_rooms=1000, sok_eval_rooms=100, gp_train=10000, gp_rl=10000, gp_eval=500,
+                 base_records=50000),
+    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10, base_records=200),
 }
 
 
@@ -51,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
     parser.add_argument("--style", choices=("full", "compact"), default="full",
                         help="prompt style: the paper's wording, or a short one with the same information for tiny models")
-    parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints"), default=("sokoban", "gpoints"), help="which tasks to write")
+    parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints", "base"), default=("sokoban", "gpoints"),
+                        help="which files to write; 'base' is the generic corpus of the tiny base model (base/train.jsonl)")
     group = parser.add_argument_group("sizes (default: set by --scale)")
     group.add_argument("--sok-train-rooms", type=int, help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
     group.add_argument("--sok-rl-rooms", type=int, help="rooms behind the RL prompt sets")
@@ -61,6 +63,7 @@ def parse_args(argv=None):
     group.add_argument("--gp-rl", type=int, help="records per General Points RL file")
     group.add_argument("--gp-eval", type=int, help="problems per General Points evaluation set")
     group.add_argument("--gp-heldout", type=float, default=0.3, help="share of four-card hands reserved for evaluation")
+    group.add_argument("--base-records", type=int, help="records of the tiny base model's generic corpus")
     args = parser.parse_args(argv)
     for key, value in SCALES[args.scale].items():
         if getattr(args, key) is None:
@@ -405,6 +408,62 @@ def check_gpoints(files):
                for n, rs in files.items() if not n.startswith("eval") for r in rs)
 
 # -----------------------------------------------------------------------------
+# the tiny base model's corpus
+#
+# A pretrained LLM can read a mapping in its prompt and produce any token; a 1M-parameter model
+# trained from scratch on Sokoban cannot (it never emits a token it was not trained to emit). The
+# tiny study therefore first trains a base model on generic skills over the whole vocabulary --
+# look a key up by its value and back, copy a list, small exact arithmetic -- then fine-tunes
+# every row from it, as the paper fine-tunes Qwen2.5-7B. Nothing here is Sokoban or General
+# Points: no direction word, no grid, no card, so no test mapping can occur in it.
+
+BASE_KEYS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*&%$@!?+#~^") + WORD_POOL
+BASE_VALUES = WORD_POOL + tuple("""
+alpha beta gamma delta omega sun moon star sky sea lake hill rock sand leaf tree root seed stone metal wood
+glass paper silk wool cotton iron copper bronze ruby pearl jade onyx opal topaz zinc tin lead neon argon
+""".split())
+assert not FORBIDDEN_NAMES & {v.casefold() for v in BASE_VALUES}
+
+
+def base_record(rng, style):
+    """One generic example, answered in the study's reply format."""
+    kind = rng.integers(4)
+    if kind < 2:  # a lookup in a list of key=value pairs, by value (as an action name is found) or by key
+        n = int(rng.integers(2, 7))
+        keys = [BASE_KEYS[i] for i in rng.choice(len(BASE_KEYS), size=n, replace=False)]
+        values = [BASE_VALUES[i] for i in rng.choice(len(BASE_VALUES), size=n, replace=False)]
+        q = int(rng.integers(n))
+        pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
+        query, answer, asked = (values[q], keys[q], "key") if kind == 0 else (keys[q], values[q], "value")
+        prompt = f"lookup. pairs: {pairs}\n{query}\n{asked}?"
+    elif kind == 2:  # copy a list of tokens
+        n = int(rng.integers(1, 6))
+        words = [BASE_KEYS[i] for i in rng.choice(len(BASE_KEYS), size=n)]
+        prompt, answer = "copy. " + " ".join(words) + "\nrepeat?", " ".join(words)
+    else:  # exact integer arithmetic on two or three numbers
+        a, b, c = (int(x) for x in rng.integers(1, 14, size=3))
+        op1, op2 = rng.choice(["+", "-", "*"], size=2)
+        expression = f"{a}{op1}{b}" if rng.random() < 0.5 else f"({a}{op1}{b}){op2}{c}"
+        value = a + b if op1 == "+" else a - b if op1 == "-" else a * b
+        if "(" in expression:
+            value = value + c if op2 == "+" else value - c if op2 == "-" else value * c
+        prompt, answer = f"compute. {expression}\nresult?", str(value)
+    if style == "full":
+        prompt = "Answer the question about the text below.\n" + prompt
+    return dict(messages=[dict(role="user", content=prompt), dict(role="assistant", content=sokoban_reply(answer))],
+                meta=dict(task="base", kind=["lookup-key", "lookup-value", "copy", "arithmetic"][kind], style=style))
+
+
+def build_base(args):
+    rng = stream(args.seed, "base")
+    records = [base_record(rng, args.style) for _ in tqdm(range(args.base_records), desc="base", leave=False)]
+    directions = {a.casefold() for a in sok.ACTIONS}
+    overlap = sum(any(w.casefold().strip("=") in directions for m in r["messages"] for w in m["content"].split())
+                  for r in records)
+    return {"train": records}, overlap, "generic lookups, copies and arithmetic (no task content)"
+
+
+# -----------------------------------------------------------------------------
 # writing
 
 
@@ -420,7 +479,7 @@ def write_jsonl(path, records):
 
 def main(argv=None):
     args = parse_args(argv)
-    builders = {"sokoban": build_sokoban, "gpoints": build_gpoints}
+    builders = {"sokoban": build_sokoban, "gpoints": build_gpoints, "base": build_base}
     for task in args.tasks:
         directory = os.path.join(args.out, task)
         try:

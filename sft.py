@@ -55,6 +55,7 @@ def get_parser():
     g.add_argument("--tiny-heads", type=int, default=4, help="attention heads (as many key/value heads)")
     g.add_argument("--tiny-ffn", type=int, default=512, help="MLP intermediate size")
     g.add_argument("--tiny-vocab", type=int, default=2048, help="BPE vocabulary size (an upper bound: a small corpus yields fewer merges)")
+    g.add_argument("--tiny-tokenizer-data", nargs="*", default=[], help="more JSONL files whose texts also train the tokenizer (e.g. the later fine-tuning sets of a base model)")
     g = p.add_argument_group("optimisation (defaults: the paper's AdamW recipe)")
     g.add_argument("--epochs", type=float, default=5, help="passes over the data (the paper: 5)")
     g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs when > 0")
@@ -452,7 +453,8 @@ def main(argv=None):
     if args.model == "tiny":
         model_path = os.path.join(args.out, "tiny_init")
         if master and not os.path.isfile(os.path.join(model_path, "config.json")):
-            texts = [x for r in records for m in r["messages"] for x in (m["role"], m["content"])]
+            corpus = records + [r for path in args.tiny_tokenizer_data for r in read_jsonl(path, check=check_chat_record)]
+            texts = [x for r in corpus for m in r["messages"] for x in (m["role"], m["content"])]
             build_tiny_model(model_path, texts, args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn,
                              args.tiny_vocab, max(4096, args.max_length), args.seed)
         if world > 1:

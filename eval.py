@@ -492,6 +492,32 @@ def format_table(results, title=""):
     return "\n".join(lines)
 
 
+# The paper's Table 1 (Qwen2.5-7B), success rates, for side-by-side reports.
+PAPER_TABLE1 = {
+    "sokoban": {"Ans.": (.98, 0, 0, 0, .64, .35, .19, .93), "Diver.+Ans.": (.91, .92, .89, .84, .53, .33, .09, 0),
+                "CoT": (1, .73, .80, .22, .53, .57, .28, .03), "Diver.+CoT": (1, .97, .98, 1, .74, .58, .40, 0),
+                "RL (warm)": (.90, .76, .69, .55, .34, .36, .10, 0)},
+    "gpoints": {"Ans.": (.61, .23, .25, .07, .06, .02, .00, .01), "Diver.+Ans.": (.78, .71, .70, .09, .07, .03, .01, 0),
+                "CoT": (.95, .90, .90, .85, .86, .80, .26, 0), "Diver.+CoT": (.96, .93, .93, .90, .89, .84, .29, 0),
+                "RL (warm)": (.93, .80, .87, .82, .80, .69, .22, .05)},
+}
+
+
+def format_report(task, rows):
+    """One Markdown table from several result files: a row per method (success, and the paper's
+    success below it where the method is one of Table 1's), variants as columns."""
+    variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
+    lines = ["| method | " + " | ".join(variants) + " | mean w/o Fake |", "|---|" + "---|" * (len(variants) + 1)]
+    for label, results in rows:
+        cells = [f"{results[v]['success']:.2f}" if v in results else "-" for v in variants]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {average_except_fake(results):.2f} |")
+        paper = PAPER_TABLE1[task].get(label)
+        if paper:
+            mean = sum(paper[:-1]) / (len(paper) - 1)
+            lines.append(f"| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
+    return "\n".join(lines)
+
+
 def write_json(path, obj):
     """Atomically (tmp file + rename): an interrupted run never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -570,6 +596,8 @@ def get_parser():
     group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
     group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
+    group.add_argument("--label", default=None, help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="print one table from several --out files (no model needed)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR", help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
@@ -582,8 +610,19 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    if args.report:
+        rows = []
+        for path in args.report:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+                rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], saved["variants"]))
+            except (OSError, ValueError, KeyError) as e:
+                raise UserError(f"{path}: not an eval.py --out file ({e})") from None
+        print(format_report(args.task, rows))
+        return
     if not args.sweep and not args.model:
-        raise UserError("--model is required (or --sweep RUN_DIR)")
+        raise UserError("--model is required (or --sweep RUN_DIR, or --report FILES)")
     if args.distill:
         args.max_new_tokens = args.max_new_tokens or 1024
         path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
@@ -621,8 +660,8 @@ def main(argv=None):
     print(format_table(results, args.task))
     print(f"mean success without Fake: {average_except_fake(results):.3f}")
     if args.out:
-        write_json(args.out, dict(task=args.task, model=args.model, average_except_fake=average_except_fake(results),
-                                  variants=results, args=vars(args)))
+        write_json(args.out, dict(task=args.task, model=args.model, label=args.label,
+                                  average_except_fake=average_except_fake(results), variants=results, args=vars(args)))
 
 
 if __name__ == "__main__":

@@ -346,3 +346,13 @@ def test_cli_runs_on_a_tiny_model_and_reports_bad_input(data, tmp_path):
                           (("--model", model_dir, "--task", "sokoban", "--data", str(tmp_path)), "data file not found")):
         result = run(*args)
         assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_report_puts_the_papers_row_under_each_method(tmp_path):
+    results = {v: dict(success=1.0, success_ci=(0.9, 1.0), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
+    path = tmp_path / "ans.json"
+    path.write_text(json.dumps(dict(task="sokoban", label="Ans.", variants=results)))
+    result = subprocess.run([sys.executable, "eval.py", "--task", "sokoban", "--report", str(path)], cwd=ROOT,
+                            capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines[2].startswith("| Ans. | 1.00 |") and lines[3].startswith("| *paper* | *0.98* |")

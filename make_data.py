@@ -113,7 +113,9 @@ def sokoban_prompt(grid, names, style="full"):
     words = [names[a] for a in sok.ACTIONS]
     plain = names == sok.VOCABS["default"]
     if style == "compact":
-        gloss = " ".join(f"{names[a]}={a}" for a in sok.ACTIONS)
+        # "name is Up" with spaces: a name is then the same token here as in the reply (Qwen's
+        # pre-tokeniser glues punctuation such as "*=" or "=Up" into one piece)
+        gloss = ", ".join(f"{names[a]} is {a}" for a in sok.ACTIONS)
         return f"sokoban. actions: {gloss}\n{grid}\nnext action?"
     gloss = "" if plain else "\nwhere " + ", ".join(f"{names[a]} is {a}" for a in sok.ACTIONS) + "."
     answers = " | ".join(f"<answer> {w} </answer>" for w in words)  # spaced as in the replies: same tokens
@@ -426,20 +428,22 @@ assert not FORBIDDEN_NAMES & {v.casefold() for v in BASE_VALUES}
 
 
 def base_record(rng, style):
-    """One generic example, answered in the study's reply format."""
+    """One generic example, answered in the study's reply format. Items are always preceded by a
+    space and followed by a space, comma or newline, so an item is the same token in the prompt
+    and in the reply (copying is then a skill the model can learn once for every token)."""
     kind = rng.integers(4)
-    if kind < 2:  # a lookup in a list of key=value pairs, by value (as an action name is found) or by key
+    if kind < 2:  # a lookup in a list of "key is value" pairs, by value (as an action name is found) or by key
         n = int(rng.integers(2, 7))
         keys = [BASE_KEYS[i] for i in rng.choice(len(BASE_KEYS), size=n, replace=False)]
         values = [BASE_VALUES[i] for i in rng.choice(len(BASE_VALUES), size=n, replace=False)]
         q = int(rng.integers(n))
-        pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
-        query, answer, asked = (values[q], keys[q], "key") if kind == 0 else (keys[q], values[q], "value")
-        prompt = f"lookup. pairs: {pairs}\n{query}\n{asked}?"
+        pairs = ", ".join(f"{k} is {v}" for k, v in zip(keys, values))
+        question, answer = (f"which is {values[q]} ?", keys[q]) if kind == 0 else (f"what is {keys[q]} ?", values[q])
+        prompt = f"lookup: {pairs}\n{question}"
     elif kind == 2:  # copy a list of tokens
         n = int(rng.integers(1, 6))
         words = [BASE_KEYS[i] for i in rng.choice(len(BASE_KEYS), size=n)]
-        prompt, answer = "copy. " + " ".join(words) + "\nrepeat?", " ".join(words)
+        prompt, answer = "copy: " + " ".join(words) + " .\nagain?", " ".join(words)
     else:  # exact integer arithmetic on two or three numbers
         a, b, c = (int(x) for x in rng.integers(1, 14, size=3))
         op1, op2 = rng.choice(["+", "-", "*"], size=2)
@@ -447,7 +451,7 @@ def base_record(rng, style):
         value = a + b if op1 == "+" else a - b if op1 == "-" else a * b
         if "(" in expression:
             value = value + c if op2 == "+" else value - c if op2 == "-" else value * c
-        prompt, answer = f"compute. {expression}\nresult?", str(value)
+        prompt, answer = f"compute: {expression}\nresult?", str(value)
     if style == "full":
         prompt = "Answer the question about the text below.\n" + prompt
     return dict(messages=[dict(role="user", content=prompt), dict(role="assistant", content=sokoban_reply(answer))],

@@ -240,7 +240,7 @@ def data(tmp_path_factory):
 def compact_state(prompt):
     """(names, env) from a compact Sokoban prompt, as a scripted player reads it."""
     lines = prompt.splitlines()
-    names = {direction: word for word, direction in re.findall(r"(\S+)=(Up|Down|Left|Right)", lines[0])}
+    names = {direction: word for word, direction in re.findall(r"(\S+) is (Up|Down|Left|Right)", lines[0])}
     return names, env_sokoban.SokobanEnv.from_text("\n".join(lines[1:-1]))
 
 

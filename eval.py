@@ -631,10 +631,7 @@ def main(argv=None):
         kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
                               seed=args.seed)
         out = args.out or os.path.join(args.data, args.task, "train_distilled_cot.jsonl")
-        tmp = f"{out}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        os.replace(tmp, out)
+        make_data.write_jsonl(out, kept)
         print(f"distilled {len(kept)} of {len(records)} prompts ({share:.1%} kept) -> {out}")
         return
     args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)

@@ -170,3 +170,33 @@ def test_bad_arguments_give_one_line(argv, message):
     result = subprocess.run([sys.executable, "make_data.py", *argv], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_base_corpus_is_generic_and_answerable(tmp_path):
+    make_data.main(["--out", str(tmp_path), "--scale", "small", "--tasks", "base", "--style", "compact"])
+    records = load(str(tmp_path), "base", "train")
+    assert len(records) == 200 and {r["meta"]["kind"] for r in records} == {"lookup-key", "lookup-value", "copy", "arithmetic"}
+    forbidden = {"up", "down", "left", "right", "sokoban", "cards", "√"}
+    for r in records:
+        prompt, reply = r["messages"][0]["content"], r["messages"][1]["content"]
+        assert not forbidden & {w.casefold().strip(",.?") for w in prompt.split()}
+        answer = sok.parse_answer(reply, {"Up": reply.split("<answer>")[1].split("</answer>")[0].strip()})
+        assert answer == "Up"  # one well-formed answer tag
+        word = reply.split("<answer>")[1].split("</answer>")[0].strip()
+        if r["meta"]["kind"] != "arithmetic":
+            assert f" {word.split()[0]} " in prompt.replace("\n", " ").replace(",", " ")  # copied, spaced as in the reply
+        else:
+            assert int(word) == _arith(prompt.split(":")[1].split("\n")[0].strip())
+
+
+def _arith(expression):
+    """A tiny evaluator for the base corpus's +, -, * expressions (one bracket pair at most)."""
+    if expression.startswith("("):
+        inner, rest = expression[1:].split(")")
+        return _arith(str(_arith(inner)) + rest) if rest else _arith(inner)
+    for op in "+-*":
+        left, sep, right = expression[1:].partition(op)
+        if sep:
+            a, b = int(expression[0] + left), int(right)
+            return a + b if op == "+" else a - b if op == "-" else a * b
+    return int(expression)

@@ -20,7 +20,7 @@ mkdir -p "$RES"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
 case $MODE in
-  quick)   TASKS=sokoban ROWS="ans diverse_ans" ROOMS=1500 BASE_RECORDS=20000 BASE_STEPS=300 STEPS=250 LIMIT=50 ;;
+  quick)   TASKS=sokoban ROWS="ans diverse_ans" ROOMS=1500 BASE_RECORDS=20000 BASE_STEPS=200 STEPS=350 LIMIT=50 ;;
   sokoban) TASKS=sokoban ROWS="ans diverse_ans cot diverse_cot rl" ROOMS=3000 BASE_RECORDS=30000 BASE_STEPS=600 STEPS=800 LIMIT=100 ;;
   gpoints) TASKS=gpoints ROWS="ans diverse_ans cot diverse_cot rl" ROOMS=3000 BASE_RECORDS=30000 BASE_STEPS=600 STEPS=800 LIMIT=500 ;;
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The study on one CPU: data, the tiny base model, the paper's rows, evaluation, the table.
 #
-#   bash study.sh quick            # ~10 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
-#   bash study.sh sokoban          # every row of Table 1 on Sokoban (about an hour on 2 cores)
-#   bash study.sh gpoints          # every row on General Points
+#   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
+#   bash study.sh sokoban          # every row of Table 1 on Sokoban (longer schedules; not yet timed)
+#   bash study.sh gpoints          # every row on General Points (not yet timed)
 #   OUT=elsewhere SEED=1 bash study.sh sokoban
 #
 # Every row fine-tunes the same tiny base model (make_data.py --tasks base, trained by sft.py),

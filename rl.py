@@ -391,11 +391,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     log_path = os.path.join(args.out, "log.jsonl")
     if master:
         print(json.dumps(config, indent=1))
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(config, f, indent=1)
-        kept = [l for l in open(log_path) if json.loads(l)["step"] <= start_step] if start_step and os.path.isfile(log_path) else []
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+        sft.start_run_files(args.out, config, start_step)
 
     sync_off = model.no_sync if world > 1 else contextlib.nullcontext
     # one update a step (GRPO's default): the policy that sampled is the one being updated, so the

@@ -422,6 +422,20 @@ def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, ar
         dist.barrier()
 
 
+def start_run_files(out_dir, config, start_step):
+    """Write OUT/config.json and keep only the OUT/log.jsonl lines of steps up to start_step (a
+    resumed run redoes the rest). Shared by sft.py and rl.py."""
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    kept = []
+    if start_step and os.path.isfile(log_path):
+        with open(log_path) as f:
+            kept = [line for line in f if json.loads(line)["step"] <= start_step]
+    with open(log_path, "w") as f:
+        f.writelines(kept)
+
+
 def latest_checkpoint(out_dir):
     """Path of the newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
     if not os.path.isdir(out_dir):
@@ -516,13 +530,7 @@ def main(argv=None):
     if master:
         print(json.dumps(config, indent=1))
         print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0))
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(config, f, indent=1)
-        kept = []
-        if start_step and os.path.isfile(log_path):  # drop log lines of steps that will be redone
-            kept = [l for l in open(log_path) if json.loads(l)["step"] <= start_step]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+        start_run_files(args.out, config, start_step)
 
     lengths = [len(ids) for ids, _ in examples]
     plans = {}

@@ -360,7 +360,7 @@ def is_correct(reply, meta):
 
 SOKOBAN_VARIANTS = tuple(env_sokoban.VARIANTS)  # id alpha num rand large twoboxes complex fake
 GPOINTS_VARIANTS = tuple(env_gpoints.VARIANTS)  # id all5 all7 all12 regular large five fake
-STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": ()}
+STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": (), "base": ("</answer>",)}
 
 
 def prompt_ids(tokenizer, content):
@@ -552,6 +552,30 @@ def evaluate_model(args, model_path, sets):
         return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
     return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
 
+def evaluate_base(replies, records, *, seed=0, show=2):
+    """The tiny base model's skills (make_data.py --tasks base): exact match of the answer on
+    held-out copy, lookup and arithmetic examples, per kind. Returns {kind: metrics}."""
+    texts = replies([r["messages"][0]["content"] for r in records], seed)
+    results = {}
+    for record, text in zip(records, texts):
+        kind, want = record["meta"]["kind"], record["messages"][1]["content"]
+        m = results.setdefault(kind, dict(n=0, success=0, replies=[]))
+        m["n"] += 1
+        m["success"] += answer_text(text) == answer_text(want)
+        if len(m["replies"]) < show:
+            m["replies"].append(dict(prompt=record["messages"][0]["content"], reply=text))
+    for m in results.values():
+        m["success_ci"] = wilson_interval(m["success"], m["n"])
+        m["success"] /= m["n"]
+    return results
+
+
+def answer_text(reply):
+    """What a reply puts between <answer> and </answer>, spaces normalised (None if no answer)."""
+    start = reply.find("<answer>")
+    end = reply.find("</answer>", start + 1)
+    return " ".join(reply[start + len("<answer>"):end].split()) if start >= 0 and end > start else None
+
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher
 
@@ -582,7 +606,8 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model)")
-    parser.add_argument("--task", choices=("sokoban", "gpoints"), required=True, help="which benchmark")
+    parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
+                        help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
     parser.add_argument("--out", default=None, help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
     parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
@@ -635,6 +660,17 @@ def main(argv=None):
         print(f"distilled {len(kept)} of {len(records)} prompts ({share:.1%} kept) -> {out}")
         return
     args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
+    if args.task == "base":
+        path = os.path.join(args.data, "base", "eval.jsonl")
+        records = read_jsonl(path)[:args.limit]
+        model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
+        replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS["base"])
+        results = evaluate_base(replies, records, seed=args.seed, show=args.show)
+        print(" | ".join(f"{kind} {m['success']:.3f} (n={m['n']})" for kind, m in sorted(results.items())))
+        if args.out:
+            write_json(args.out, dict(task="base", model=args.model, label=args.label, variants=results, args=vars(args)))
+        return
     variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
     sets = load_eval_sets(args.data, args.task, variants, args.limit)
     if args.sweep:

@@ -1,61 +1,85 @@
 #!/usr/bin/env bash
 # The study on one CPU: data, the tiny base model, the paper's rows, evaluation, the table.
 #
-#   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
-#   bash study.sh sokoban          # every row of Table 1 on Sokoban (longer schedules; not yet timed)
-#   bash study.sh gpoints          # every row on General Points (not yet timed)
+#   bash study.sh quick            # ~10 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
+#   bash study.sh sokoban          # every row of Table 1 on Sokoban (see README for the wall time)
+#   bash study.sh gpoints          # every row on General Points
 #   OUT=elsewhere SEED=1 bash study.sh sokoban
+#   STEPS=2000 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #
-# Every row fine-tunes the same tiny base model (make_data.py --tasks base, trained by sft.py),
-# which plays the part of the pretrained LLM: it can read a mapping in its prompt and emit any
-# token, which a model trained from scratch on Sokoban cannot. Results go to $OUT/results/*.json
-# and a table to $OUT/results/TASK.md (eval.py --report, the paper's numbers beside ours).
+# Every row fine-tunes the same tiny base model, which plays the part of the pretrained LLM: it
+# can copy from its prompt and emit any token, which a model trained from scratch on Sokoban
+# cannot. The base is trained by sft.py on make_data.py's generic corpus in two stages (copying
+# first, then copying, lookups and arithmetic mixed) and scored by eval.py --task base.
+# Results: $OUT/results/*.json, a table in $OUT/results/TASK.md (eval.py --report, the paper's
+# numbers beside ours), and every command with its wall time in $OUT/results/TASK-commands.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
 MODE=${1:-quick}
 OUT=${OUT:-study}
 SEED=${SEED:-0}
-D=$OUT/data R=$OUT/runs RES=$OUT/results
-mkdir -p "$RES"
-log() { echo "[$(date +%H:%M:%S)] $*"; }
-
 case $MODE in
-  quick)   TASKS=sokoban ROWS="ans diverse_ans" ROOMS=1500 BASE_RECORDS=20000 BASE_STEPS=200 STEPS=350 LIMIT=50 ;;
-  sokoban) TASKS=sokoban ROWS="ans diverse_ans cot diverse_cot rl" ROOMS=3000 BASE_RECORDS=30000 BASE_STEPS=600 STEPS=800 LIMIT=100 ;;
-  gpoints) TASKS=gpoints ROWS="ans diverse_ans cot diverse_cot rl" ROOMS=3000 BASE_RECORDS=30000 BASE_STEPS=600 STEPS=800 LIMIT=500 ;;
+  quick)   TASK=sokoban DEFAULT_ROWS="ans diverse_ans" ;;
+  sokoban) TASK=sokoban DEFAULT_ROWS="ans diverse_ans cot diverse_cot rl" ;;
+  gpoints) TASK=gpoints DEFAULT_ROWS="ans diverse_ans cot diverse_cot rl" ;;
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
+if [ "$MODE" = quick ]; then
+  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=400}" "${LIMIT:=50}"
+else
+  : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=1500}" "${BASE_STEPS:=1500}" "${STEPS:=1000}" "${LIMIT:=100}"
+fi
+: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=40}" "${GP_RECORDS:=5000}"
+D=$OUT/data R=$OUT/runs RES=$OUT/results
+mkdir -p "$RES"
+COMMANDS=$RES/$TASK-commands.txt
+: > "$COMMANDS"
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+# run CMD...: echo it into the commands file, run it, append its wall time
+run() {
+  local t0=$SECONDS
+  echo "$*" >> "$COMMANDS"
+  "$@"
+  echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
+}
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
-SFT="python sft.py --seed $SEED --micro-batch-size 64 --log-every 50"
+SFT="python sft.py --seed $SEED --micro-batch-size 128 --log-every 100"
+EVAL="python eval.py --seed $SEED --data $D"
+echo "study.sh $MODE: OUT=$OUT SEED=$SEED ROOMS=$ROOMS BASE_RECORDS=$BASE_RECORDS COPY_STEPS=$COPY_STEPS" \
+  "BASE_STEPS=$BASE_STEPS STEPS=$STEPS RL_STEPS=$RL_STEPS LIMIT=$LIMIT ROWS='$ROWS'" | tee -a "$COMMANDS"
 
-log "data ($MODE)"
-python make_data.py --out "$D" --seed "$SEED" --style compact --tasks "$TASKS" base --sok-train-rooms "$ROOMS" \
-  --sok-augment --sok-rl-rooms 200 --base-records "$BASE_RECORDS" 2>/dev/null
-T=$D/$TASKS
+log "data"
+run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks "$TASK" base --sok-train-rooms "$ROOMS" \
+  --sok-augment --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
+T=$D/$TASK
 
 if [ ! -f "$R/base/final/config.json" ]; then
-  log "tiny base model: generic lookups, copies and arithmetic; tokenizer also trained on the $TASKS texts"
-  $SFT --model tiny --data "$D/base/train.jsonl" --out "$R/base" --max-steps "$BASE_STEPS" \
-    --tiny-tokenizer-data "$T/train_ans.jsonl" "$T/train_diverse_ans.jsonl" "$T/train_cot.jsonl" "$T/train_diverse_cot.jsonl"
+  log "tiny base, stage 1: copying (the tokenizer also sees the $TASK texts)"
+  run $SFT --model tiny --data "$D/base/copy.jsonl" --out "$R/base-copy" --max-steps "$COPY_STEPS" \
+    --tiny-tokenizer-data "$D/base/train.jsonl" "$T/train_cot.jsonl" "$T/train_diverse_cot.jsonl"
+  log "tiny base, stage 2: copying, lookups and arithmetic"
+  run $SFT --model "$R/base-copy/final" --data "$D/base/train.jsonl" --out "$R/base" --max-steps "$BASE_STEPS"
 fi
+log "tiny base: held-out skills"
+run $EVAL --task base --model "$R/base/final" --temperature 0 --limit 600 --max-new-tokens 40 --label base \
+  --out "$RES/base.json"
 
 for row in $ROWS; do
-  run=$R/$TASKS-$row t0=$SECONDS
+  run=$R/$TASK-$row
   if [ "$row" = rl ]; then
-    # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does (10 steps there)
-    log "$TASKS RL (warm): CoT-SFT warm start, then GRPO"
-    $SFT --model "$R/base/final" --data "$T/train_cot.jsonl" --out "$R/$TASKS-cot-warm" --max-steps $(( STEPS / 8 ))
-    python rl.py --algo grpo --model "$R/$TASKS-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" \
-      --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens 96 --max-steps $(( STEPS / 8 )) --log-every 5
+    # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
+    log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
+    run $SFT --model "$R/base/final" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
+    run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" \
+      --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens 128 --max-steps "$RL_STEPS" --log-every 5
   else
-    log "$TASKS ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
-    $SFT --model "$R/base/final" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
+    log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
+    run $SFT --model "$R/base/final" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
   fi
-  log "$TASKS ${LABEL[$row]}: evaluation"
-  python eval.py --model "$run/final" --task "$TASKS" --data "$D" --limit "$LIMIT" --seed "$SEED" \
-    --max-new-tokens 96 --label "${LABEL[$row]}" --out "$RES/$TASKS-$row.json"
-  echo "$TASKS ${LABEL[$row]}: $(( SECONDS - t0 )) s (training and evaluation)" | tee -a "$RES/$TASKS-walltime.txt"
+  log "$TASK ${LABEL[$row]}: evaluation"
+  run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens 128 --label "${LABEL[$row]}" \
+    --out "$RES/$TASK-$row.json"
 done
 
-python eval.py --task "$TASKS" --report $(for row in $ROWS; do echo "$RES/$TASKS-$row.json"; done) | tee "$RES/$TASKS.md"
-log "done: $RES/$TASKS.md"
+python eval.py --task "$TASK" --report $(for row in $ROWS; do echo "$RES/$TASK-$row.json"; done) | tee "$RES/$TASK.md"
+log "done: $RES/$TASK.md"

@@ -356,3 +356,31 @@ def test_report_puts_the_papers_row_under_each_method(tmp_path):
                             capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and lines[2].startswith("| Ans. | 1.00 |") and lines[3].startswith("| *paper* | *0.98* |")
+
+
+def base_oracle(prompt):
+    """Answers a base-corpus prompt by reading it (arithmetic left out: 'compute' gets '?')."""
+    head, question = prompt.split("\n")
+    if head.startswith("copy:"):
+        return head[len("copy:"):].rsplit(".", 1)[0].strip()
+    if head.startswith("lookup:"):
+        pairs = [p.split(" is ") for p in head[len("lookup:"):].split(", ")]
+        by_value = {v.strip(): k.strip() for k, v in pairs}
+        by_key = {k.strip(): v.strip() for k, v in pairs}
+        verb, _, asked = question.partition(" is ") if " is " in question else question.partition(" are ")
+        table = by_value if verb == "which" else by_key
+        return " ".join(table[w] for w in asked.rstrip(" ?").split())
+    return "?"
+
+
+def test_base_skills_are_scored_per_kind(tmp_path):
+    make_data.main(["--out", str(tmp_path), "--scale", "small", "--tasks", "base", "--style", "compact"])
+    train = {json.loads(line)["messages"][0]["content"] for line in open(tmp_path / "base" / "train.jsonl")}
+    records = [json.loads(line) for line in open(tmp_path / "base" / "eval.jsonl")]
+    assert records and not train & {r["messages"][0]["content"] for r in records}  # held out
+    oracle = lambda prompts, seed: [f"<think> </think> <answer>  {base_oracle(p)} </answer>" for p in prompts]  # noqa: E731
+    results = evaluation.evaluate_base(oracle, records)
+    assert {k: m["success"] for k, m in results.items() if k != "arithmetic"} == {"copy": 1.0, "lookup-key": 1.0, "lookup-value": 1.0}
+    assert results["arithmetic"]["success"] == 0.0 and sum(m["n"] for m in results.values()) == len(records)
+    broken = lambda prompts, seed: [f"<answer> {base_oracle(p)}" for p in prompts]  # noqa: E731  (no closing tag)
+    assert all(m["success"] == 0 for m in evaluation.evaluate_base(broken, records).values())

@@ -25,11 +25,11 @@ case $MODE in
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
 if [ "$MODE" = quick ]; then
-  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=400}" "${LIMIT:=50}"
+  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=300}" "${LIMIT:=50}"
 else
-  : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=1500}" "${BASE_STEPS:=1500}" "${STEPS:=1000}" "${LIMIT:=100}"
+  : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
 fi
-: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=40}" "${GP_RECORDS:=5000}"
+: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}"
 D=$OUT/data R=$OUT/runs RES=$OUT/results
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt

@@ -444,6 +444,20 @@ def _normalise(word):
     return word.strip().replace("\ufe0f", "").casefold()
 
 
+def answer_tag(reply, max_chars=MAX_ANSWER_CHARS):
+    """The text between the reply's one <answer> and the one </answer> after it (tags
+    case-insensitive), or None: no tag, several tags (a reply cannot hedge), or content longer
+    than max_chars. Linear time, never raises."""
+    if not isinstance(reply, str):
+        return None
+    opens = [m.end() for m in ANSWER_OPEN.finditer(reply)]
+    closes = [m.start() for m in ANSWER_CLOSE.finditer(reply)]
+    if len(opens) != 1 or len(closes) != 1 or closes[0] < opens[0]:
+        return None
+    content = reply[opens[0]:closes[0]]
+    return None if max_chars is not None and len(content) > max_chars else content
+
+
 def parse_answer(reply, names):
     """The canonical direction named in the reply's answer tag, or None. `names` maps each
     canonical direction to the word the environment accepts. The reply must hold exactly one
@@ -452,14 +466,8 @@ def parse_answer(reply, names):
     case-insensitively, must equal exactly one accepted word; anything else (several actions,
     an unknown word, an empty tag) is None. Linear time, never raises."""
     try:
-        if not isinstance(reply, str):
-            return None
-        opens = [m.end() for m in ANSWER_OPEN.finditer(reply)]
-        closes = [m.start() for m in ANSWER_CLOSE.finditer(reply)]
-        if len(opens) != 1 or len(closes) != 1 or closes[0] < opens[0]:
-            return None
-        content = reply[opens[0]:closes[0]]
-        if len(content) > MAX_ANSWER_CHARS:
+        content = answer_tag(reply)
+        if content is None:
             return None
         content = _normalise(content)
         matches = [action for action, word in names.items() if _normalise(word) == content]

@@ -571,10 +571,9 @@ def evaluate_base(replies, records, *, seed=0, show=2):
 
 
 def answer_text(reply):
-    """What a reply puts between <answer> and </answer>, spaces normalised (None if no answer)."""
-    start = reply.find("<answer>")
-    end = reply.find("</answer>", start + 1)
-    return " ".join(reply[start + len("<answer>"):end].split()) if start >= 0 and end > start else None
+    """The answer tag's content with spaces normalised (None without exactly one tag)."""
+    content = env_sokoban.answer_tag(reply, max_chars=None)
+    return None if content is None else " ".join(content.split())
 
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher

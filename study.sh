@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The study on one CPU: data, the tiny base model, the paper's rows, evaluation, the table.
 #
-#   bash study.sh quick            # ~10 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
-#   bash study.sh sokoban          # every row of Table 1 on Sokoban (see README for the wall time)
+#   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
+#   bash study.sh sokoban          # every row of Table 1 on Sokoban, ~104 min on 2 cores
 #   bash study.sh gpoints          # every row on General Points
 #   OUT=elsewhere SEED=1 bash study.sh sokoban
 #   STEPS=2000 bash study.sh sokoban   # any of the sizes below can be overridden the same way

@@ -550,7 +550,10 @@ def evaluate_model(args, model_path, sets):
                             max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS[args.task])
     if args.task == "sokoban":
         return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
+    if args.task == "base":
+        return evaluate_base(replies, sets["base"], seed=args.seed, show=args.show)
     return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
+
 
 def evaluate_base(replies, records, *, seed=0, show=2):
     """The tiny base model's skills (make_data.py --tasks base): exact match of the answer on
@@ -661,11 +664,7 @@ def main(argv=None):
     args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
     if args.task == "base":
         path = os.path.join(args.data, "base", "eval.jsonl")
-        records = read_jsonl(path)[:args.limit]
-        model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
-        replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS["base"])
-        results = evaluate_base(replies, records, seed=args.seed, show=args.show)
+        results = evaluate_model(args, args.model, {"base": read_jsonl(path)[:args.limit]})
         print(" | ".join(f"{kind} {m['success']:.3f} (n={m['n']})" for kind, m in sorted(results.items())))
         if args.out:
             write_json(args.out, dict(task="base", model=args.model, label=args.label, variants=results, args=vars(args)))

@@ -464,7 +464,7 @@ def base_record(rng, style):
 
 
 def build_base(args):
-    """Two files: train.jsonl (every kind mixed) and copy.jsonl (copying only). A 1M-parameter
+    """Three files: train.jsonl (every kind mixed), copy.jsonl (copying only) and eval.jsonl. A 1M-parameter
     model learns to copy first and to look up only once it copies, so the study trains the base on
     copy.jsonl, then on train.jsonl (a two-stage curriculum). eval.jsonl holds fresh examples
     for eval.py --task base, none of them a training prompt."""

@@ -3,7 +3,7 @@
 #
 #   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
 #   bash study.sh sokoban          # every row of Table 1 on Sokoban, ~104 min on 2 cores
-#   bash study.sh gpoints          # every row on General Points
+#   bash study.sh gpoints          # every row on General Points (~? min; reuses OUT's base if there is one)
 #   OUT=elsewhere SEED=1 bash study.sh sokoban
 #   STEPS=2000 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #
@@ -30,6 +30,8 @@ else
   : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
 fi
 : "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}"
+# room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
+if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
 D=$OUT/data R=$OUT/runs RES=$OUT/results
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt
@@ -46,7 +48,7 @@ declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_
 SFT="python sft.py --seed $SEED --micro-batch-size 128 --log-every 100"
 EVAL="python eval.py --seed $SEED --data $D"
 echo "study.sh $MODE: OUT=$OUT SEED=$SEED ROOMS=$ROOMS BASE_RECORDS=$BASE_RECORDS COPY_STEPS=$COPY_STEPS" \
-  "BASE_STEPS=$BASE_STEPS STEPS=$STEPS RL_STEPS=$RL_STEPS LIMIT=$LIMIT ROWS='$ROWS'" | tee -a "$COMMANDS"
+  "BASE_STEPS=$BASE_STEPS STEPS=$STEPS RL_STEPS=$RL_STEPS LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
 run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks "$TASK" base --sok-train-rooms "$ROOMS" \
@@ -71,13 +73,13 @@ for row in $ROWS; do
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
     run $SFT --model "$R/base/final" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
     run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" \
-      --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens 128 --max-steps "$RL_STEPS" --log-every 5
+      --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
     run $SFT --model "$R/base/final" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
   fi
   log "$TASK ${LABEL[$row]}: evaluation"
-  run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens 128 --label "${LABEL[$row]}" \
+  run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
     --out "$RES/$TASK-$row.json"
 done
 

@@ -329,6 +329,25 @@ def parse_formula(reply):
     return text.strip() or None
 
 
+_NUMBER_FIELD_RE = re.compile(r"""["']number["']\s*:\s*\[([^\[\]]*)\]""")
+
+
+def parse_numbers(reply):
+    """The card values a reply states in its answer object's "number" list, or None when it gives
+    none (or any entry is not a plain integer of at most 6 digits). Read like parse_formula: after
+    the last `</think>`, the last flat object with a "number" list. A small model can read the
+    J/Q/K rule right and still fail the arithmetic; this field shows the first part alone."""
+    text = reply[reply.rfind("</think>") + len("</think>"):] if "</think>" in reply else reply
+    for obj in reversed(_OBJECT_RE.findall(text)):
+        fields = _NUMBER_FIELD_RE.findall(obj)
+        if fields:
+            items = [x.strip().strip("\"'") for x in fields[-1].split(",")]
+            if not all(x.isdigit() and x.isascii() and len(x) <= 6 for x in items):
+                return None
+            return [int(x) for x in items]
+    return None
+
+
 def _to_postfix(formula):
     """Tokens of the formula in postfix order, or None when it is illegal. Shunting-yard with an
     explicit stack: an operand is expected after an operator or '(' (so unary minus, '**',

@@ -460,7 +460,9 @@ def evaluate_sokoban(replies, sets, *, seed=0, max_turns=30, show=2, progress=Tr
 
 
 def evaluate_gpoints(replies, sets, *, seed=0, show=2, progress=True):
-    """One reply per problem, scored by env_gpoints.score: success = +5, valid = reward >= -1."""
+    """One reply per problem, scored by env_gpoints.score: success = +5, valid = reward >= -1.
+    values_read: the reply's "number" list holds the hand's values under the scored mapping (as a
+    multiset), i.e. the model applied the J/Q/K rule, whether or not its arithmetic then works."""
     items = [(v, r) for v, records in sets.items() for r in records]
     texts = replies([r["messages"][0]["content"] for _, r in items], seed)
     scores = [reward(text, r["meta"]) for (_, r), text in zip(items, texts)]
@@ -471,6 +473,8 @@ def evaluate_gpoints(replies, sets, *, seed=0, show=2, progress=True):
         results[variant] = dict(
             n=n, success=wins / max(n, 1), success_ci=wilson_interval(wins, n),
             valid=sum(s >= env_gpoints.REWARD_WRONG_RESULT for _, _, s in mine) / max(n, 1),
+            values_read=sum(sorted(env_gpoints.parse_numbers(text) or []) == sorted(r["meta"]["values"])
+                            for r, text, _ in mine) / max(n, 1),
             examples=[dict(cards=r["meta"]["cards"], score=s, reply=text) for r, text, s in mine[:show]])
     return results
 
@@ -489,6 +493,8 @@ def format_table(results, title=""):
     lines.append("| success | " + " | ".join(
         f"{m['success']:.2f} [{m['success_ci'][0]:.2f}, {m['success_ci'][1]:.2f}]" for m in results.values()) + " |")
     lines.append("| valid | " + " | ".join(f"{m['valid']:.2f}" for m in results.values()) + " |")
+    if all("values_read" in m for m in results.values()):
+        lines.append("| values read | " + " | ".join(f"{m['values_read']:.2f}" for m in results.values()) + " |")
     return "\n".join(lines)
 
 

@@ -115,6 +115,16 @@ def test_solution_steps_replay():
 # parsing and scoring
 
 
+def test_parse_numbers():
+    reply = '<think> cards 4 J are 4 5 </think> {"cards": ["4", "J"], "number": [4, 5], "formula": "4*5"}'
+    assert gp.parse_numbers(reply) == [4, 5]
+    assert gp.parse_numbers("{'number': ['10', 3]}") == [10, 3]
+    assert gp.parse_numbers('{"number": [1]} then {"number": [2, 3]}') == [2, 3]
+    for bad in ("no object", '{"number": []}', '{"number": [4, 5x]}', '{"number": [1.5]}', '{"number": [-3]}',
+                '{"number": [' + "9" * 100_000 + "]}", '{"number": [1, 2]', '{"formula": "1+2"}'):
+        assert gp.parse_numbers(bad) is None, bad
+
+
 def test_parse_formula():
     assert gp.parse_formula('<think>try {"formula": "1+1"}</think>\n{"cards": ["A"], "formula": "8*3"}') == "8*3"
     assert gp.parse_formula('{"formula": "1+2"} then {"formula": "3*8"}') == "3*8"

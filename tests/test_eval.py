@@ -294,11 +294,19 @@ def test_gpoints_scoring_of_known_replies(data):
     by_prompt = {r["messages"][0]["content"]: r["meta"] for records in sets.values() for r in records}
 
     def solver(prompts, seed):
-        return ['<think> </think> {"formula": "%s"}' % env_gpoints.solve_one(by_prompt[p]["values"]) for p in prompts]
+        return ['<think> </think> {"number": %s, "formula": "%s"}' % (by_prompt[p]["values"][::-1], env_gpoints.solve_one(by_prompt[p]["values"]))
+                for p in prompts]
     results = evaluation.evaluate_gpoints(solver, sets, progress=False)
-    assert all(m["success"] == 1.0 and m["valid"] == 1.0 for m in results.values())
+    assert all(m["success"] == 1.0 and m["valid"] == 1.0 and m["values_read"] == 1.0 for m in results.values())
     wrong = evaluation.evaluate_gpoints(lambda prompts, seed: ['{"formula": "1+2"}'] * len(prompts), sets, progress=False)
-    assert all(m["success"] == 0.0 and m["valid"] == 0.0 for m in wrong.values())  # -2: not the card values
+    assert all(m["success"] == 0.0 and m["valid"] == 0.0 and m["values_read"] == 0.0 for m in wrong.values())  # -2: not the card values
+
+    def shown_values(prompts, seed):  # reads the rule as the prompt states it, then fails the arithmetic
+        return ['{"number": %s, "formula": "1+2"}' % env_gpoints.hand_values(by_prompt[p]["cards"], by_prompt[p]["mapping"])
+                for p in prompts]
+    shown = evaluation.evaluate_gpoints(shown_values, sets, progress=False)
+    assert shown["id"]["values_read"] == 1.0 and shown["all5"]["values_read"] == 1.0 and shown["id"]["success"] == 0.0
+    assert shown["fake"]["values_read"] == 0.0  # Fake scores J/Q/K as 10 whatever the prompt says
 
 
 def test_wilson_interval_and_table_lists_every_variant():

@@ -37,10 +37,14 @@ mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt
 : > "$COMMANDS"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
-# run CMD...: echo it into the commands file, run it, append its wall time
+# run CMD...: write it into the commands file (quoted where needed, so each line can be pasted
+# back into a shell), run it, append its wall time
 run() {
-  local t0=$SECONDS
-  echo "$*" >> "$COMMANDS"
+  local t0=$SECONDS a line=""
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./=:+,-]+$ ]]; then line+="$a "; else line+="${a@Q} "; fi
+  done
+  echo "${line% }" >> "$COMMANDS"
   "$@"
   echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
 }

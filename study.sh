@@ -3,7 +3,7 @@
 #
 #   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
 #   bash study.sh sokoban          # every row of Table 1 on Sokoban, ~104 min on 2 cores
-#   bash study.sh gpoints          # every row on General Points (~? min; reuses OUT's base if there is one)
+#   bash study.sh gpoints          # every row on General Points, ~104 min after sokoban (same OUT: its base is reused)
 #   OUT=elsewhere SEED=1 bash study.sh sokoban
 #   STEPS=2000 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #

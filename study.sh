@@ -25,7 +25,7 @@ case $MODE in
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
 if [ "$MODE" = quick ]; then
-  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=100}" "${BASE_STEPS:=50}" "${STEPS:=300}" "${LIMIT:=50}"
+  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=300}" "${LIMIT:=50}"
 else
   : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
 fi

@@ -303,6 +303,11 @@ _ILLEGAL_CHAR_RE = re.compile(r"[^0-9+\-*/()\s]")
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
+def _after_reasoning(reply):
+    """The reply after its last `</think>` (all of it when there is none): where the answer is."""
+    return reply[reply.rfind("</think>") + len("</think>"):] if "</think>" in reply else reply
+
+
 def parse_formula(reply):
     """The formula a reply answers with, or None when it gives none.
 
@@ -312,7 +317,7 @@ def parse_formula(reply):
     formula string mean no answer. Otherwise the text itself (or its last <answer> tag) is taken
     as a bare formula. Every step is a linear-time regex or string search.
     """
-    text = reply[reply.rfind("</think>") + len("</think>"):] if "</think>" in reply else reply
+    text = _after_reasoning(reply)
     objects = _OBJECT_RE.findall(text)
     for obj in reversed(objects):
         if "formula" in obj:
@@ -337,7 +342,7 @@ def parse_numbers(reply):
     none (or any entry is not a plain integer of at most 6 digits). Read like parse_formula: after
     the last `</think>`, the last flat object with a "number" list. A small model can read the
     J/Q/K rule right and still fail the arithmetic; this field shows the first part alone."""
-    text = reply[reply.rfind("</think>") + len("</think>"):] if "</think>" in reply else reply
+    text = _after_reasoning(reply)
     for obj in reversed(_OBJECT_RE.findall(text)):
         fields = _NUMBER_FIELD_RE.findall(obj)
         if fields:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 import env_gpoints
 import env_sokoban
 import make_data
-from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl
+from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl, trained_style
 
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
@@ -533,18 +533,6 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def trained_style(model_path):
-    """The prompt style of the data a run of sft.py / rl.py trained on (from RUN/config.json), or None."""
-    config = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    try:
-        with open(config, encoding="utf-8") as f:
-            data = json.load(f).get("data")
-        with open(data, encoding="utf-8") as f:
-            return json.loads(f.readline())["meta"].get("style")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def evaluate_model(args, model_path, sets):
     model = load_model(model_path, args.dtype, args.device)
     tokenizer = load_tokenizer(model_path)
@@ -557,32 +545,29 @@ def evaluate_model(args, model_path, sets):
     if args.task == "sokoban":
         return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
     if args.task == "base":
-        return evaluate_base(replies, sets["base"], seed=args.seed, show=args.show)
+        return evaluate_base(replies, sets, seed=args.seed, show=args.show)
     return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
 
 
-def evaluate_base(replies, records, *, seed=0, show=2):
-    """The tiny base model's skills (make_data.py --tasks base): exact match of the answer on
-    held-out copy, lookup and arithmetic examples, per kind. Returns {kind: metrics}."""
+def evaluate_base(replies, sets, *, seed=0, show=2):
+    """The tiny base model's skills (make_data.py --tasks base), one column per kind (copy,
+    lookup-key, lookup-value, arithmetic) of the held-out records in sets["base"]: success = the
+    answer tag's words equal the reference's, valid = the reply has exactly one answer tag."""
+    records = sets["base"]
     texts = replies([r["messages"][0]["content"] for r in records], seed)
     results = {}
     for record, text in zip(records, texts):
-        kind, want = record["meta"]["kind"], record["messages"][1]["content"]
-        m = results.setdefault(kind, dict(n=0, success=0, replies=[]))
+        m = results.setdefault(record["meta"]["kind"], dict(n=0, success=0, valid=0, replies=[]))
+        answer, want = (env_sokoban.answer_tag(t, max_chars=None) for t in (text, record["messages"][1]["content"]))
         m["n"] += 1
-        m["success"] += answer_text(text) == answer_text(want)
+        m["valid"] += answer is not None
+        m["success"] += answer is not None and answer.split() == want.split()
         if len(m["replies"]) < show:
             m["replies"].append(dict(prompt=record["messages"][0]["content"], reply=text))
     for m in results.values():
         m["success_ci"] = wilson_interval(m["success"], m["n"])
-        m["success"] /= m["n"]
+        m["success"], m["valid"] = m["success"] / m["n"], m["valid"] / m["n"]
     return results
-
-
-def answer_text(reply):
-    """The answer tag's content with spaces normalised (None without exactly one tag)."""
-    content = env_sokoban.answer_tag(reply, max_chars=None)
-    return None if content is None else " ".join(content.split())
 
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher
@@ -669,14 +654,10 @@ def main(argv=None):
         return
     args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
     if args.task == "base":
-        path = os.path.join(args.data, "base", "eval.jsonl")
-        results = evaluate_model(args, args.model, {"base": read_jsonl(path)[:args.limit]})
-        print(" | ".join(f"{kind} {m['success']:.3f} (n={m['n']})" for kind, m in sorted(results.items())))
-        if args.out:
-            write_json(args.out, dict(task="base", model=args.model, label=args.label, variants=results, args=vars(args)))
-        return
-    variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
-    sets = load_eval_sets(args.data, args.task, variants, args.limit)
+        sets = {"base": read_jsonl(os.path.join(args.data, "base", "eval.jsonl"))[:args.limit]}
+    else:
+        variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
+        sets = load_eval_sets(args.data, args.task, variants, args.limit)
     if args.sweep:
         steps = sorted((int(d[5:]), os.path.join(args.sweep, d)) for d in os.listdir(args.sweep)
                        if d.startswith("step_") and d[5:].isdigit()) if os.path.isdir(args.sweep) else []

@@ -445,6 +445,18 @@ def latest_checkpoint(out_dir):
     return os.path.join(out_dir, f"step_{max(steps)}") if steps else None
 
 
+def trained_style(model_path):
+    """The prompt style of the data a run of sft.py / rl.py trained on (from RUN/config.json), or None."""
+    config = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            data = json.load(f).get("data")
+        with open(data, encoding="utf-8") as f:
+            return json.loads(f.readline())["meta"].get("style")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 # -----------------------------------------------------------------------------
 # the training loop
 

@@ -387,8 +387,9 @@ def test_base_skills_are_scored_per_kind(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "base" / "eval.jsonl")]
     assert records and not train & {r["messages"][0]["content"] for r in records}  # held out
     oracle = lambda prompts, seed: [f"<think> </think> <answer>  {base_oracle(p)} </answer>" for p in prompts]  # noqa: E731
-    results = evaluation.evaluate_base(oracle, records)
+    results = evaluation.evaluate_base(oracle, {"base": records})
     assert {k: m["success"] for k, m in results.items() if k != "arithmetic"} == {"copy": 1.0, "lookup-key": 1.0, "lookup-value": 1.0}
     assert results["arithmetic"]["success"] == 0.0 and sum(m["n"] for m in results.values()) == len(records)
+    assert all(m["valid"] == 1.0 for m in results.values())  # '?' is a wrong answer, but a well-formed one
     broken = lambda prompts, seed: [f"<answer> {base_oracle(p)}" for p in prompts]  # noqa: E731  (no closing tag)
-    assert all(m["success"] == 0 for m in evaluation.evaluate_base(broken, records).values())
+    assert all(m["success"] == 0 and m["valid"] == 0 for m in evaluation.evaluate_base(broken, {"base": records}).values())

@@ -44,7 +44,7 @@ from tqdm import tqdm
 import env_gpoints
 import env_sokoban
 import make_data
-from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl, trained_style
+from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl, resolve_model, trained_style
 
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
@@ -598,7 +598,7 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model)")
+    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or 'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
@@ -641,6 +641,8 @@ def main(argv=None):
         return
     if not args.sweep and not args.model:
         raise UserError("--model is required (or --sweep RUN_DIR, or --report FILES)")
+    if args.model:
+        args.model = resolve_model(args.model)
     if args.distill:
         args.max_new_tokens = args.max_new_tokens or 1024
         path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")

@@ -55,7 +55,7 @@ from sft import UserError
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", required=True, help="local Hugging Face model directory to start from (e.g. an SFT run's final/)")
+    g.add_argument("--model", required=True, help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
     g.add_argument("--data", required=True, help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="longest reply in tokens; longer ones are cut (and counted in the log)")
@@ -351,6 +351,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
+    args.model = sft.resolve_model(args.model)
     records = sft.read_jsonl(args.data, check=check_prompt_record)
     if not records:
         raise UserError(f"{args.data}: no prompts")

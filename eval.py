@@ -698,6 +698,8 @@ def main(argv=None):
         args.max_new_tokens = args.max_new_tokens or 1024
         path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
         records = read_jsonl(path)
+        if not records:
+            raise UserError(f"no records in {path}")
         model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
         kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
                               seed=args.seed)

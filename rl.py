@@ -377,13 +377,13 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     if args.resume:  # the prompt stream a resumed run recomputes
         identity.update(seed=args.seed, prompts_per_step=args.prompts_per_step, group_size=args.group_size, n_prompts=len(records))
     resume_from = sft.check_run_dir(args.out, identity, args.resume, args.overwrite)
+    tokenizer = sft.load_tokenizer(args.model)  # a missing model is refused before OUT is touched
     if master:
         if args.overwrite:
             sft.clear_run_dir(args.out)
         os.makedirs(args.out, exist_ok=True)
     if world > 1:
         dist.barrier()
-    tokenizer = sft.load_tokenizer(args.model)
     prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in tqdm(records, desc="encode", disable=not master, mininterval=2)]
     metas = [r["meta"] for r in records]
 

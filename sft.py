@@ -617,6 +617,8 @@ def main(argv=None):
         identity.update(seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, truncate=args.truncate,
                         no_group_by_length=args.no_group_by_length, n_records=len(records))
     resume_from = check_run_dir(args.out, identity, args.resume, args.overwrite)
+    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else args.model
+    tokenizer = None if args.model == "tiny" else load_tokenizer(model_path)  # a missing model is refused before OUT is touched
     if master:
         if args.overwrite:
             clear_run_dir(args.out)
@@ -626,9 +628,7 @@ def main(argv=None):
     accum = args.batch_size // (args.micro_batch_size * world)
 
     # data and model; a tiny model is built once by rank 0, then loaded like any other directory
-    model_path = args.model
     if args.model == "tiny":
-        model_path = os.path.join(args.out, "tiny_init")
         if master and not os.path.isfile(os.path.join(model_path, "config.json")):
             corpus = records + extra_texts
             texts = [x for r in corpus for m in r["messages"] for x in (m["role"], m["content"])]
@@ -636,7 +636,7 @@ def main(argv=None):
                              args.tiny_vocab, max(4096, args.max_length), args.seed)
         if world > 1:
             dist.barrier()
-    tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(model_path)
     examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=master)
     if len(examples) < args.batch_size:
         raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")

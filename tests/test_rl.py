@@ -266,6 +266,7 @@ RL_REFUSALS = {  # id: (extra argv, what OUT holds before, message)
     "negative kl": (["--kl-coef", -1], None, "must be >= 0"),
     "out under a file": (["--out", "{file}/run"], None, "is a file, not a directory"),
     "empty data": (["--data", "{empty}"], None, "no records in"),
+    "missing model": (["--model", "{file}-missing"], None, "model directory not found"),
     "resume without checkpoint": (["--resume"], "config", "--resume: no checkpoint in"),
     "out of another run": ([], "other", "holds another run (data"),
     "fresh start over checkpoints": ([], "same", "already holds a run's checkpoints (step_3/)"),

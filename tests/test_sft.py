@@ -295,6 +295,7 @@ SFT_REFUSALS = {  # id: (extra argv, what OUT holds before: None / "other" / "sa
     "fresh start over checkpoints": ([], "same", "already holds a run's checkpoints (step_3/)"),
     "resume and overwrite": (["--resume", "--overwrite"], None, "pass one of them"),
     "tiny flags, other model": (["--model", "{data}", "--tiny-hidden", 64], None, "flags of --model tiny"),
+    "missing model": (["--model", "{file}-missing"], None, "model directory not found"),
 }
 
 
@@ -309,7 +310,7 @@ def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
     out = str(tmp_path / "out")
     if prior:
         fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), steps=() if prior == "config" else (3,))
-    argv = ["--data", data, "--out", out, *TINY] + [str(a).format(**files) for a in extra]
+    argv = ["--data", data, "--out", out, *([] if "--model" in extra else TINY)] + [str(a).format(**files) for a in extra]
     before = snapshot(tmp_path)
     assert_refused(run_sft(*argv, check=False), "sft.py", message, before, str(tmp_path))
 

@@ -530,7 +530,12 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="seed of the first room")
     parser.add_argument("--rooms", type=int, default=3, help="how many rooms to print")
     args = parser.parse_args()
+    if min(args.dim) < 4 or args.boxes < 1 or args.rooms < 1:  # a smaller room has no floor inside its walls
+        parser.exit(2, "env_sokoban.py: error: --dim needs at least 4 4, --boxes and --rooms at least 1\n")
     for seed in range(args.seed, args.seed + args.rooms):
         env = SokobanEnv(dim=tuple(args.dim), num_boxes=args.boxes)
-        obs, _ = env.reset(seed=seed)
+        try:
+            obs, _ = env.reset(seed=seed)
+        except RuntimeError as e:  # e.g. more boxes than the room has floor for
+            parser.exit(2, f"env_sokoban.py: error: {e} (--dim {args.dim[0]} {args.dim[1]} --boxes {args.boxes})\n")
         print(f"seed {seed}\n{obs}\nsolution: {solve(env)}\noptimal first moves: {sorted(optimal_actions(env))}\n")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 import env_gpoints
 import env_sokoban
 import make_data
-from sft import UserError, encode_prompt, load_model, load_tokenizer, read_jsonl, resolve_model, trained_style
+from sft import UserError, check_out_dir, encode_prompt, load_model, load_tokenizer, read_jsonl, refuse, resolve_model, trained_style
 
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
@@ -511,7 +511,8 @@ PAPER_TABLE1 = {
 
 def format_report(task, rows):
     """One Markdown table from several result files: a row per method (success, and the paper's
-    success below it where the method is one of Table 1's), variants as columns."""
+    success below it where the method is one of Table 1's), variants as columns. General Points
+    results that hold `values_read` get a second table of it."""
     variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
     lines = ["| method | " + " | ".join(variants) + " | mean w/o Fake |", "|---|" + "---|" * (len(variants) + 1)]
     for label, results in rows:
@@ -521,7 +522,42 @@ def format_report(task, rows):
         if paper:
             mean = sum(paper[:-1]) / (len(paper) - 1)
             lines.append(f"| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
+    if all("values_read" in m for _, results in rows for m in results.values()):
+        lines += ["", "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
+                  "| method | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        for label, results in rows:
+            lines.append(f"| {label} | " + " | ".join(f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants) + " |")
     return "\n".join(lines)
+
+
+def read_report_rows(task, paths):
+    """(label, results) of every --out or --sweep file (a sweep's best checkpoint) for the --report
+    table. A file of another benchmark is refused; files of the base model's skills (task 'base',
+    e.g. a study's base.json) are not rows of the table: they are skipped, with a note naming them."""
+    rows, skipped = [], []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not an eval.py --out file ({e})") from None
+        if not isinstance(saved, dict) or "task" not in saved or not ("variants" in saved or "curve" in saved):
+            raise UserError(f"{path}: not an eval.py --out file (no task and variants)")
+        if saved["task"] == "base":
+            skipped.append(path)
+            continue
+        if saved["task"] != task:
+            raise UserError(f"{path} holds {saved['task']} results, not {task} ones: pass --task {saved['task']} or other files")
+        if "curve" in saved:  # an --sweep file: its best checkpoint is the row
+            results = next(c["results"] for c in saved["curve"] if c["path"] == saved["best"])
+        else:
+            results = saved["variants"]
+        rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], results))
+    if skipped:
+        print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the table", file=sys.stderr)
+    if not rows:
+        raise UserError(f"no {task} results among the --report files")
+    return rows
 
 
 def write_json(path, obj):
@@ -624,29 +660,48 @@ def get_parser():
     return parser
 
 
+def check_args(args):
+    """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
+    if args.report:
+        refuse([(args.model or args.sweep or args.distill, "--report reads result files only: leave out --model, --sweep and --distill")])
+        return
+    variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
+    positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
+    refuse([
+        (args.sweep and (args.model or args.distill), "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
+        (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
+        (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
+        (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
+        *[(value is not None and value < 1, f"{flag} must be >= 1 (got {value})") for flag, value in positive],
+        (min(args.max_turns, args.samples) < 1, "--max-turns and --samples must be >= 1"),
+        (args.show < 0, "--show must be >= 0"),
+        (args.temperature < 0, f"--temperature must be >= 0, 0 being greedy (got {args.temperature})"),
+        (not 0 < args.top_p <= 1, f"--top-p must be in (0, 1] (got {args.top_p})"),
+        (args.variants and args.task == "base", "--variants: the base task has one set (base/eval.jsonl)"),
+        (args.variants and not set(args.variants) <= set(variants),
+         f"--variants: unknown {', '.join(sorted(set(args.variants or ()) - set(variants)))}; {args.task} has {' '.join(variants)}"),
+        (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory: name a file"),
+    ])
+    if args.out:
+        check_out_dir(os.path.dirname(os.path.abspath(args.out)), f"--out {args.out}")
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    check_args(args)
     if args.report:
-        rows = []
-        for path in args.report:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    saved = json.load(f)
-                rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], saved["variants"]))
-            except (OSError, ValueError, KeyError) as e:
-                raise UserError(f"{path}: not an eval.py --out file ({e})") from None
-        print(format_report(args.task, rows))
+        print(format_report(args.task, read_report_rows(args.task, args.report)))
         return
-    if not args.sweep and not args.model:
-        raise UserError("--model is required (or --sweep RUN_DIR, or --report FILES)")
     if args.model:
         args.model = resolve_model(args.model)
     if args.distill:
         args.max_new_tokens = args.max_new_tokens or 1024
         path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
         records = read_jsonl(path)
+        if not records:
+            raise UserError(f"no records in {path}")
         model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
         kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
                               seed=args.seed)
@@ -674,11 +729,12 @@ def main(argv=None):
         print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
         print(format_table(best["results"], f"{args.task} step {best['step']}"))
         if args.out:
-            write_json(args.out, dict(task=args.task, run=args.sweep, best=best["path"], curve=curve, args=vars(args)))
+            write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"], curve=curve, args=vars(args)))
         return
     results = evaluate_model(args, args.model, sets)
     print(format_table(results, args.task))
-    print(f"mean success without Fake: {average_except_fake(results):.3f}")
+    if args.task != "base":  # the base's columns are skills, and there is no Fake among them
+        print(f"mean success without Fake: {average_except_fake(results):.3f}")
     if args.out:
         write_json(args.out, dict(task=args.task, model=args.model, label=args.label,
                                   average_except_fake=average_except_fake(results), variants=results, args=vars(args)))
@@ -688,4 +744,5 @@ if __name__ == "__main__":
     try:
         main()
     except UserError as e:
-        sys.exit(f"eval.py: {e}")
+        print(f"eval.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

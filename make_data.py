@@ -46,7 +46,7 @@ SCALES = {  # file sizes: the paper's, and a small set for tests and demos
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: sys.exit(f"make_data.py: error: {message}")  # one line, not usage + error
+    parser.error = lambda message: fail(message)  # one line, not usage + error
     parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="default sizes: the paper's, or a few records")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
@@ -70,7 +70,16 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if not 0 < args.gp_heldout < 1:
         parser.error("--gp-heldout must be between 0 and 1")
+    sizes = [k for k in SCALES["full"] if getattr(args, k) < 1]
+    if sizes:
+        parser.error(", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes) + ": sizes must be >= 1")
     return args
+
+
+def fail(message):
+    """Every refusal of this script: one line on stderr, exit status 2 (argparse's, sft.py's, rl.py's, eval.py's)."""
+    print(f"make_data.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 # -----------------------------------------------------------------------------
 # vocabularies
@@ -512,7 +521,7 @@ def main(argv=None):
             open(probe, "w").close()
             os.remove(probe)
         except OSError as e:
-            sys.exit(f"make_data.py: cannot write to {directory}: {e.strerror}")
+            fail(f"cannot write to {directory}: {e.strerror}")
     for task in args.tasks:
         t0 = time.time()
         files, overlap, notes = builders[task](args)
@@ -522,7 +531,7 @@ def main(argv=None):
         for name, records in files.items():
             print(f"  {task}/{name}.jsonl  {len(records)}")
         if overlap:
-            sys.exit(f"make_data.py: {overlap} training records overlap the evaluation sets")
+            fail(f"{overlap} training records overlap the evaluation sets")
 
 
 if __name__ == "__main__":

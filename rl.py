@@ -1,4 +1,4 @@
-"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
+r"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
 
 Each step draws `--prompts-per-step` prompts (rank r takes its contiguous share), samples
 `--group-size` replies to each with eval.py's KV-cached sampler (through the unwrapped module, at
@@ -28,12 +28,16 @@ PPO: a value head (one linear layer, zero-initialised) on the policy's last hidd
 the response tokens, per-token reward -kl_coef * (logp - ref_logp) plus the score on the last
 token, whitened advantages, clipped value loss. Outputs as in sft.py: OUT/config.json,
 OUT/log.jsonl (one line a step), OUT/step_N/ and OUT/final/ (Hugging Face directories +
-trainer_state.pt; PPO adds value_head.pt), and `--resume` continues exactly.
+trainer_state.pt; PPO adds value_head.pt), and `--resume` continues exactly. Bad input is refused
+before any work (one line `rl.py: error: ...`, exit 2), an OUT holding another run needs
+`--overwrite`, and SIGTERM / Ctrl-C save OUT/step_N/ at the end of the current step and exit with
+128 + the signal (143 / 130), as in sft.py.
 """
 import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -88,7 +92,8 @@ def get_parser():
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of every sample")
     g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/; a fresh start if none")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/; an error if there is none")
+    g.add_argument("--overwrite", action="store_true", help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
     g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
     g.add_argument("--eval-every", type=int, default=0, help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
     g.add_argument("--eval-data", nargs="*", default=[], help="evaluation JSONL files (make_data.py's eval_*.jsonl)")
@@ -102,21 +107,28 @@ def check_args(args, world):
     """Reject incompatible settings before anything is loaded; returns the global mini-batch size."""
     batch = args.prompts_per_step * args.group_size
     mini = args.mini_batch_size or batch
-    problems = [
+    sft.refuse([
+        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens, args.max_steps) < 1,
+         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps must be >= 1"),
+        (min(args.mini_batch_size, args.sample_batch_rows, args.save_every, args.stop_after, args.eval_every) < 0,
+         "--mini-batch-size, --sample-batch-rows, --save-every, --stop-after and --eval-every must be >= 0"),
+        (args.eval_limit < 1 or args.log_every < 1, "--eval-limit and --log-every must be >= 1"),
         (args.algo == "grpo" and args.group_size < 2, f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
         (args.prompts_per_step % world, f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
         (batch % mini, f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
         (mini % world, f"--mini-batch-size {mini} must be divisible by the number of ranks {world}"),
         (args.temperature <= 0, "--temperature must be > 0 (log-probs are those of the sampling distribution)"),
+        (args.eval_temperature < 0, "--eval-temperature must be >= 0 (0 is greedy)"),
+        (not (args.lr > 0 and args.vf_lr > 0), "--lr and --vf-lr must be > 0"),
+        (not (args.clip > 0 and args.value_clip > 0), "--clip and --value-clip must be > 0"),
+        (min(args.kl_coef, args.entropy_coef, args.weight_decay, args.grad_clip, args.vf_coef, args.adv_eps) < 0,
+         "--kl-coef, --entropy-coef, --weight-decay, --grad-clip, --vf-coef and --adv-eps must be >= 0"),
+        (not (0 < args.gamma <= 1 and 0 <= args.lam <= 1), "--gamma must be in (0, 1] and --lam in [0, 1]"),
         (args.algo == "grpo" and (args.vf_coef != 0.5 or args.vf_lr != 1e-5 or args.gamma != 1.0 or args.lam != 0.95),
          "--vf-coef/--vf-lr/--gamma/--lam are PPO flags; GRPO has no value head"),
         (args.eval_every and not args.eval_data, "--eval-every needs --eval-data"),
-        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens, args.max_steps) < 1,
-         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps must be >= 1"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise UserError(message)
+        (args.resume and args.overwrite, "--resume continues OUT's run and --overwrite deletes it: pass one of them"),
+    ])
     return mini
 
 # -----------------------------------------------------------------------------
@@ -349,14 +361,30 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     master = rank == 0
     mini = check_args(args, world)
     torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-
+    # the data and OUT are checked before any model is loaded or OUT is touched
+    sft.check_out_dir(args.out)
     args.model = sft.resolve_model(args.model)
     records = sft.read_jsonl(args.data, check=check_prompt_record)
     if not records:
-        raise UserError(f"{args.data}: no prompts")
-    resume_from = sft.latest_checkpoint(args.out) if args.resume else None
-    tokenizer = sft.load_tokenizer(args.model)
+        raise UserError(f"no records in {args.data}")
+    if args.prompts_per_step > len(records):
+        raise UserError(f"--prompts-per-step {args.prompts_per_step} is more than the {len(records)} prompts of {args.data} "
+                        f"(a step would repeat prompts): pass at most {len(records)}")
+    for path in args.eval_data:
+        if not sft.read_jsonl(path, check=check_prompt_record):
+            raise UserError(f"no records in {path}")
+    task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
+    identity = dict(data=args.data, model=args.model, algo=args.algo, task=task)
+    if args.resume:  # the prompt stream a resumed run recomputes
+        identity.update(seed=args.seed, prompts_per_step=args.prompts_per_step, group_size=args.group_size, n_prompts=len(records))
+    resume_from = sft.check_run_dir(args.out, identity, args.resume, args.overwrite)
+    tokenizer = sft.load_tokenizer(args.model)  # a missing model is refused before OUT is touched
+    if master:
+        if args.overwrite:
+            sft.clear_run_dir(args.out)
+        os.makedirs(args.out, exist_ok=True)
+    if world > 1:
+        dist.barrier()
     prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in tqdm(records, desc="encode", disable=not master, mininterval=2)]
     metas = [r["meta"] for r in records]
 
@@ -386,7 +414,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     n_params = sum(p.numel() for p in params)
     local_prompts = args.prompts_per_step // world
     local_B, local_mini = local_prompts * args.group_size, mini // world
-    config = dict(vars(args), resume_from=resume_from, world_size=world, mini_batch_size_resolved=mini,
+    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world, mini_batch_size_resolved=mini,
                   updates_per_step=args.ppo_epochs * (args.prompts_per_step * args.group_size // mini),
                   n_prompts=len(records), n_params=n_params, longest_prompt=max(len(p) for p in prompts))
     log_path = os.path.join(args.out, "log.jsonl")
@@ -400,6 +428,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     # a no-grad pass before the first update records them, with the same micro-batches and dtype.
     single_update = config["updates_per_step"] == 1
     rows_log = []
+    stopper, stop = sft.StopSignal("rl.py"), False
     pbar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, disable=not master, desc=args.algo)
     for step in pbar:
         t0 = time.time()
@@ -498,8 +527,8 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # one log line: sums over ranks, then means (token stats over all trained tokens; first-pass stats over the step's tokens)
         keys = list(stats)
         sums = sft.all_reduce_sum([stats[k] for k in keys] + [sum(ro["reward"]), sum(ro["correct"]), sum(lengths), sum(ro["truncated"]),
-                                                              local_B, zero_var * local_prompts, float(mask_BR.sum())], world, device)
-        tot = dict(zip(keys + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens"], sums))
+                                                              local_B, zero_var * local_prompts, float(mask_BR.sum()), stopper.signum], world, device)
+        tot = dict(zip(keys + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens", "signalled"], sums))
         per_tok = lambda k: tot[k] / max(tot["tokens"], 1)
         row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / len(records), 3),
                "reward": tot["reward"] / tot["rows"], "accuracy": tot["correct"] / tot["rows"], "response_length": tot["length"] / tot["rows"],
@@ -527,8 +556,14 @@ def main(argv=None, reward_fn=None, correct_fn=None):
                 row.update(evaluate_now(lm, tokenizer, args, device, step + 1, ro, correct_fn))
             if world > 1:
                 dist.barrier()
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.max_steps:
+        # a signal on any rank stops every rank after this step (a signal in the last step lets final/ be written)
+        stop = tot["signalled"] > 0 and step + 1 < args.max_steps
+        if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
             save_rl_checkpoint(args.out, f"step_{step + 1}", lm, head, tokenizer, optimizer, head_optimizer, scaler, step + 1, args, rank)
+        if stop:
+            if master:
+                tqdm.write(f"rl.py: stopped by a signal; saved {os.path.join(args.out, f'step_{step + 1}')}: continue with --resume", file=sys.stderr)
+            break
         if args.stop_after and step + 1 >= args.stop_after:
             break
     else:
@@ -544,6 +579,9 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             same = all(torch.equal(all_sums[0], c) for c in all_sums)
             print(f"ranks in sync: {same}")
         dist.destroy_process_group()
+    stopper.restore()
+    if stop:
+        sys.exit(128 + (stopper.signum or signal.SIGTERM))
     return rows_log
 
 

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SFT) of a causal LM on chat-format JSONL, in one readable loop.
+r"""Supervised fine-tuning (SFT) of a causal LM on chat-format JSONL, in one readable loop.
 
 Each data line is {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "meta": {...}};
 the loss covers the last assistant turn and its closing end-of-turn token only, summed over tokens
@@ -20,6 +20,12 @@ saved to OUT/tiny_init/ and then loaded through the same code as any downloaded 
 Outputs: OUT/config.json (resolved arguments), OUT/log.jsonl (one line per step), OUT/step_N/ and
 OUT/final/: Hugging Face model directories (weights, config, tokenizer with chat template) plus
 trainer_state.pt (optimizer, scaler, step, RNG) so that `--resume` continues exactly.
+
+Bad input is refused before any work, as one line `sft.py: error: ...` and exit status 2: flags,
+the data file, OUT (it must be creatable; an OUT holding another run, by config.json's data /
+model / task, needs `--overwrite`). SIGTERM (a scheduler's pre-emption) or Ctrl-C saves
+OUT/step_N/ at the end of the current step and exits with 128 + the signal (143 / 130);
+`--resume` continues from it exactly.
 """
 import argparse
 import contextlib
@@ -30,7 +36,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 
 import numpy as np
@@ -60,7 +69,7 @@ def get_parser():
     g.add_argument("--tiny-tokenizer-data", nargs="*", default=[], help="more JSONL files whose texts also train the tokenizer (e.g. the later fine-tuning sets of a base model)")
     g = p.add_argument_group("optimisation (defaults: the paper's AdamW recipe)")
     g.add_argument("--epochs", type=float, default=5, help="passes over the data (the paper: 5)")
-    g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs when > 0")
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs when given")
     g.add_argument("--batch-size", type=int, default=128, help="global batch in sequences per optimizer step, over all ranks")
     g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward on one rank; accumulation = batch / (micro * ranks)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 1e-5 for pretrained models, 1e-3 for a tiny model (config key tiny_model)")
@@ -78,7 +87,8 @@ def get_parser():
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g.add_argument("--seed", type=int, default=0, help="seed for the tiny model, the batch order and every RNG")
     g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); a fresh start if none")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); an error if there is none")
+    g.add_argument("--overwrite", action="store_true", help="OUT holds another run (or checkpoints): delete its step_N/, final/, tiny_init/ and log, and start over")
     g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
     g.add_argument("--log-every", type=int, default=10, help="print a log line every this many steps (log.jsonl gets every step)")
     return p
@@ -86,6 +96,37 @@ def get_parser():
 
 class UserError(Exception):
     """A problem with the inputs: reported as one line, without a traceback."""
+
+
+def refuse(problems):
+    """Raise a UserError for the first (condition, message) pair whose condition holds."""
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+
+
+def check_args(args, world, parser):
+    """Reject values that make no sense, before anything is read or built."""
+    tiny_flags = [f"--{k.replace('_', '-')}" for k in vars(args) if k.startswith("tiny_") and getattr(args, k) != parser.get_default(k)]
+    refuse([
+        (min(args.batch_size, args.micro_batch_size) < 1, "--batch-size and --micro-batch-size must be >= 1"),
+        (args.micro_batch_size >= 1 and args.batch_size % (args.micro_batch_size * world),
+         f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks = {args.micro_batch_size * world}"),
+        (args.lr is not None and not args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
+        (not args.epochs > 0, f"--epochs must be > 0 (got {args.epochs})"),
+        (args.max_steps is not None and args.max_steps < 1, f"--max-steps must be >= 1 (got {args.max_steps}; leave it out to train --epochs)"),
+        (args.max_length < 2, f"--max-length must be >= 2 (got {args.max_length})"),
+        (not 0 <= args.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio})"),
+        (not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1), "--beta1 and --beta2 must be in [0, 1)"),
+        (min(args.weight_decay, args.grad_clip, args.kl_coef, args.l2_coef) < 0, "--weight-decay, --grad-clip, --kl-coef and --l2-coef must be >= 0"),
+        (min(args.save_every, args.stop_after) < 0, "--save-every and --stop-after must be >= 0"),
+        (args.log_every < 1, "--log-every must be >= 1"),
+        (args.model != "tiny" and tiny_flags, f"flags of --model tiny given with --model {args.model}: {', '.join(tiny_flags)}"),
+        (min(args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn, args.tiny_vocab) < 1, "--tiny-* sizes must be >= 1"),
+        (args.tiny_heads >= 1 and args.tiny_hidden % args.tiny_heads, f"--tiny-hidden {args.tiny_hidden} must be divisible by --tiny-heads {args.tiny_heads}"),
+        (args.fsdp and world == 1, "--fsdp shards over ranks: run it under torchrun with more than one process"),
+        (args.resume and args.overwrite, "--resume continues OUT's run and --overwrite deletes it: pass one of them"),
+    ])
 
 
 # -----------------------------------------------------------------------------
@@ -97,8 +138,12 @@ def read_jsonl(path, check=None):
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 can be named
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); expected JSONL") from None
             if not line.strip():
                 continue
             try:
@@ -446,15 +491,15 @@ def all_reduce_sum(values, world, device):
     return t.tolist()
 
 
-def memory_plan(n_params, world, fsdp, kl):
-    """Bytes per GPU for weights (fp32), grads (fp32) and AdamW moments (2 x fp32), before activations."""
+def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
+    """Bytes per GPU (per process on CPU) for weights (fp32), grads (fp32) and AdamW moments (2 x fp32), before activations."""
     shard = world if fsdp else 1
     weights, grads, adam = 4 * n_params / shard, 4 * n_params / shard, 8 * n_params / shard
     ref = 4 * n_params if kl else 0
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     ddp_total, fsdp_total = 16 * n_params, 16 * n_params / world
     return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): weights {gib(weights)} + "
-            f"grads {gib(grads)} + AdamW {gib(adam)}{' + KL reference ' + gib(ref) if ref else ''} per GPU, plus activations "
+            f"grads {gib(grads)} + AdamW {gib(adam)}{' + KL reference ' + gib(ref) if ref else ''} {'per GPU' if device_type == 'cuda' else 'per process'}, plus activations "
             f"[DDP would need {gib(ddp_total)}, FSDP {gib(fsdp_total)}]")
 
 
@@ -534,6 +579,93 @@ def start_run_files(out_dir, config, start_step):
         f.writelines(kept)
 
 
+def check_out_dir(path, what=None):
+    """Refuse an output directory that cannot be created or written in, before any work. It changes
+    nothing: an existing directory is asked (os.access), the parent of one to be created is probed
+    with a temporary directory, removed at once. `what` names it in the error."""
+    what = what or f"--out {path}"
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what}: {probe} is a file, not a directory")
+    try:
+        if probe == os.path.abspath(path):
+            if not os.access(probe, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
+
+
+PATH_KEYS = ("data", "model", "tiny_tokenizer_data")
+
+
+def _same(key, a, b):
+    norm = lambda v: (os.path.abspath(v) if v != "tiny" else v) if isinstance(v, str) else [norm(x) for x in v] if isinstance(v, list) else v
+    return (norm(a) == norm(b)) if key in PATH_KEYS else a == b
+
+
+def check_run_dir(out_dir, identity, resume, overwrite):
+    """The checkpoint to resume from (or None), after refusing what would go on from the wrong
+    place: an OUT whose config.json disagrees with `identity` (the keys that make a run what it is),
+    a fresh start over OUT's checkpoints, or --resume without one. Reads only; rank 0 then calls
+    clear_run_dir for --overwrite. Shared by sft.py and rl.py."""
+    old = {}
+    try:
+        with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        pass
+    differ = [k for k, v in identity.items() if k in old and not _same(k, old[k], v)]
+    if differ and not overwrite:
+        what = "; ".join(f"{k} {old[k]!r} there, {identity[k]!r} here" for k in differ)
+        raise UserError(f"{out_dir} holds another run ({what}): pass --overwrite to replace it, or another --out")
+    ckpt = latest_checkpoint(out_dir)
+    finished = os.path.isdir(os.path.join(out_dir, "final"))
+    if resume and ckpt is None:
+        raise UserError(f"--resume: no checkpoint in {out_dir} (no step_N/ with trainer_state.pt"
+                        f"{'; final/ says the run finished' if finished else ''}): drop --resume to start afresh")
+    if not resume and not overwrite and (ckpt or finished):
+        name = os.path.basename(ckpt) if ckpt else "final"
+        raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or --overwrite to start over")
+    return ckpt if resume else None
+
+
+def clear_run_dir(out_dir):
+    """--overwrite: delete what an earlier sft.py / rl.py run left in OUT, and nothing else."""
+    if not os.path.isdir(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl") or name.startswith(".tmp_")
+                or (name.startswith("step_") and name[5:].isdigit()) or name.endswith(".value_head.pt")):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+class StopSignal:
+    """SIGTERM (what a cluster scheduler sends before pre-emption) and SIGINT (Ctrl-C) set a flag
+    instead of killing the process: the loop saves a checkpoint at the end of the current step and
+    exits with 128 + the signal number. A second signal acts at once, as usual."""
+
+    def __init__(self, script):
+        self.script, self.signum, self.old = script, 0, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self.old[signum])
+        print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
 def latest_checkpoint(out_dir):
     """Path of the newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
     if not os.path.isdir(out_dir):
@@ -560,39 +692,57 @@ def trained_style(model_path):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     rank, world, local_rank, device = setup_distributed()
     master = rank == 0
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
-    if args.batch_size % (args.micro_batch_size * world):
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks = {args.micro_batch_size * world}")
-    if args.fsdp and world == 1:
-        raise UserError("--fsdp shards over ranks: run it under torchrun with more than one process")
+    # everything that can be refused is refused here, before a model is built or OUT is touched
+    check_args(args, world, parser)
+    check_out_dir(args.out)
+    records = read_jsonl(args.data, check=check_chat_record)
+    if not records:
+        raise UserError(f"no records in {args.data}")
+    if len(records) < args.batch_size:
+        raise UserError(f"{args.data}: {len(records)} records, fewer than one --batch-size {args.batch_size}: pass a smaller --batch-size")
+    extra_texts = [r for path in args.tiny_tokenizer_data for r in read_jsonl(path, check=check_chat_record)] if args.model == "tiny" else []
+    meta = records[0].get("meta")
+    task = meta.get("task") if isinstance(meta, dict) else None
+    identity = dict(data=args.data, model=args.model, task=task)
+    if args.model == "tiny":  # they shape OUT/tiny_init, which a later run reuses
+        identity.update({k: v for k, v in vars(args).items() if k.startswith("tiny_")})
+    if args.resume:  # the batch plan a resumed run recomputes
+        identity.update(seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, truncate=args.truncate,
+                        no_group_by_length=args.no_group_by_length, n_records=len(records))
+    resume_from = check_run_dir(args.out, identity, args.resume, args.overwrite)
+    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else resolve_model(args.model)
+    tokenizer = None if args.model == "tiny" else load_tokenizer(model_path)  # a missing model is refused before OUT is touched
+    if master:
+        if args.overwrite:
+            clear_run_dir(args.out)
+        os.makedirs(args.out, exist_ok=True)
+    if world > 1:
+        dist.barrier()
     accum = args.batch_size // (args.micro_batch_size * world)
-    os.makedirs(args.out, exist_ok=True)
 
     # data and model; a tiny model is built once by rank 0, then loaded like any other directory
-    records = read_jsonl(args.data, check=check_chat_record)
-    model_path = args.model if args.model == "tiny" else resolve_model(args.model)
     if args.model == "tiny":
-        model_path = os.path.join(args.out, "tiny_init")
         if master and not os.path.isfile(os.path.join(model_path, "config.json")):
-            corpus = records + [r for path in args.tiny_tokenizer_data for r in read_jsonl(path, check=check_chat_record)]
+            corpus = records + extra_texts
             texts = [x for r in corpus for m in r["messages"] for x in (m["role"], m["content"])]
             build_tiny_model(model_path, texts, args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn,
                              args.tiny_vocab, max(4096, args.max_length), args.seed)
         if world > 1:
             dist.barrier()
-    tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(model_path)
     examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=master)
     if len(examples) < args.batch_size:
         raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
     steps_per_epoch = len(examples) // args.batch_size
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.epochs * steps_per_epoch))
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
     warmup_steps = math.ceil(args.warmup_ratio * total_steps)
 
     # always start from the initial weights (the KL/L2 anchor), then overwrite them from a checkpoint
-    resume_from = latest_checkpoint(args.out) if args.resume else None
     model = load_model(model_path, "fp32", device)  # fp32 master weights; autocast does the rest
     model.config.use_cache = False
     if args.lr is None:
@@ -633,19 +783,20 @@ def main(argv=None):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_step = state["step"]
 
-    config = dict(vars(args), model_path=model_path, resume_from=resume_from, world_size=world, accumulation=accum,
-                  total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
-                  n_examples=len(examples), n_params=n_params)
+    config = dict(vars(args), task=task, n_records=len(records), model_path=model_path, resume_from=resume_from, world_size=world,
+                  accumulation=accum, total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
+                  n_examples=len(examples), n_params=n_params, threads=torch.get_num_threads())
     log_path = os.path.join(args.out, "log.jsonl")
     if master:
         print(json.dumps(config, indent=1))
-        print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0))
+        print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0, device.type))
         start_run_files(args.out, config, start_step)
 
     lengths = [len(ids) for ids, _ in examples]
     plans = {}
     sync_off = getattr(model, "no_sync", None) if world > 1 and not args.fsdp else None
     model.train()
+    stopper, stop = StopSignal("sft.py"), False
     pbar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, disable=not master, desc="sft")
     for step in pbar:
         t0 = time.time()
@@ -699,7 +850,7 @@ def main(argv=None):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-        ce_total, kl_total, n_real, n_padded = all_reduce_sum([ce_total, kl_total, n_real, n_padded], world, device)
+        ce_total, kl_total, n_real, n_padded, signalled = all_reduce_sum([ce_total, kl_total, n_real, n_padded, stopper.signum], world, device)
         dt = time.time() - t0
         ce_mean, kl_mean = ce_total / n_sup, kl_total / n_sup
         row = {"step": step + 1, "epoch": round(step / steps_per_epoch, 3), "loss": ce_mean + args.kl_coef * kl_mean + args.l2_coef * l2,
@@ -712,8 +863,14 @@ def main(argv=None):
             if (step + 1) % args.log_every == 0 or step == start_step:
                 tqdm.write(f"step {step + 1}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
                            f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total_steps:
+        # a signal on any rank stops every rank after this step (a signal in the last step lets final/ be written)
+        stop = signalled > 0 and step + 1 < total_steps
+        if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < total_steps:
             save_checkpoint(args.out, f"step_{step + 1}", model, tokenizer, optimizer, scaler, step + 1, args, rank)
+        if stop:
+            if master:
+                tqdm.write(f"sft.py: stopped by a signal; saved {os.path.join(args.out, f'step_{step + 1}')}: continue with --resume", file=sys.stderr)
+            break
         if args.stop_after and step + 1 >= args.stop_after:
             break
     else:
@@ -721,8 +878,11 @@ def main(argv=None):
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
     pbar.close()
+    stopper.restore()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if stop:
+        sys.exit(128 + (stopper.signum or signal.SIGTERM))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ run() {
   echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
 }
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
-SFT="python sft.py --seed $SEED --micro-batch-size 128 --log-every 100"
+SFT="python sft.py --seed $SEED --micro-batch-size 128 --log-every 100 --overwrite"  # a re-run of the study replaces its runs
 EVAL="python eval.py --seed $SEED --data $D"
 echo "study.sh $MODE: OUT=$OUT SEED=$SEED ROOMS=$ROOMS BASE_RECORDS=$BASE_RECORDS COPY_STEPS=$COPY_STEPS" \
   "BASE_STEPS=$BASE_STEPS STEPS=$STEPS RL_STEPS=$RL_STEPS LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
@@ -76,7 +76,7 @@ for row in $ROWS; do
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
     run $SFT --model "$R/base/final" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
-    run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" \
+    run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" --overwrite \
       --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"

@@ -270,3 +270,22 @@ def test_deal_train_and_exclude(monkeypatch):
     every_hand = {gp.hand_key(h) for h in every_hand}
     with pytest.raises(RuntimeError):  # every hand excluded: stops instead of looping forever
         gp.deal("id", np.random.default_rng(0), exclude=every_hand)
+
+
+@pytest.mark.parametrize("cards, status, expected", [
+    (["1", "1", "1", "1"], 0, "['A', 'A', 'A', 'A'] -> [1, 1, 1, 1]: 0 distinct solutions"),  # 1 is read as the ace
+    (["1", "2", "3", "4"], 0, "['A', '2', '3', '4'] -> [1, 2, 3, 4]:"),
+    (["a", "j", "5", "k"], 0, "['A', 'J', '5', 'K'] -> [1, 10, 5, 10]:"),
+    (["Z", "3", "0", "8"], 2, "env_gpoints.py: error: unknown card Z 0: the cards are A 2 3 4 5 6 7 8 9 10 J Q K 14 15 16 17 18 19 (or 1 for A)"),
+])
+def test_cli_cards(cards, status, expected):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "env_gpoints.py", "--cards", *cards], cwd=root, capture_output=True, text=True)
+    assert result.returncode == status and "Traceback" not in result.stderr
+    if status:
+        assert result.stderr.strip().splitlines() == [expected]
+    else:
+        assert result.stdout.startswith(expected)

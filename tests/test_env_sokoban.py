@@ -283,3 +283,14 @@ def test_parse_answer_never_raises_on_fuzz_and_is_fast_on_megabytes():
     results = [parse_answer(reply, VOCABS["default"]) for reply in megabyte]
     assert time.perf_counter() - start < 1.0
     assert results == [None, None, None, "Down", None]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dim", "3", "3"], "--dim needs at least 4 4"),
+    (["--rooms", "0"], "--rooms at least 1"),
+    (["--boxes", "9"], "no room for seed 0"),  # more boxes than a 6x6 room has floor for
+])
+def test_cli_refuses_rooms_it_cannot_make(argv, message):
+    result = subprocess.run([sys.executable, "env_sokoban.py", *argv], cwd=ROOT, capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("env_sokoban.py: error:") and message in lines[0]

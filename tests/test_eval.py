@@ -353,7 +353,7 @@ def test_cli_runs_on_a_tiny_model_and_reports_bad_input(data, tmp_path):
     for args, message in ((("--model", str(tmp_path / "missing"), "--task", "sokoban", "--data", data), "model directory not found"),
                           (("--model", model_dir, "--task", "sokoban", "--data", str(tmp_path)), "data file not found")):
         result = run(*args)
-        assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_report_puts_the_papers_row_under_each_method(tmp_path):
@@ -393,3 +393,54 @@ def test_base_skills_are_scored_per_kind(tmp_path):
     assert all(m["valid"] == 1.0 for m in results.values())  # '?' is a wrong answer, but a well-formed one
     broken = lambda prompts, seed: [f"<answer> {base_oracle(p)}" for p in prompts]  # noqa: E731  (no closing tag)
     assert all(m["success"] == 0 and m["valid"] == 0 for m in evaluation.evaluate_base(broken, {"base": records}).values())
+
+
+EVAL_REFUSALS = {  # id: (argv, message); every one fires before a model is loaded
+    "limit 0": (["--model", "{model}", "--task", "sokoban", "--limit", "0"], "--limit must be >= 1"),
+    "limit -1": (["--model", "{model}", "--task", "sokoban", "--limit", "-1"], "--limit must be >= 1"),
+    "temperature -1": (["--model", "{model}", "--task", "sokoban", "--temperature", "-1"], "--temperature must be >= 0"),
+    "out under a file": (["--model", "{model}", "--task", "sokoban", "--out", "{file}/r.json"], "is a file, not a directory"),
+    "unknown variant": (["--model", "{model}", "--task", "gpoints", "--variants", "alpha"], "--variants: unknown alpha"),
+    "report of another task": (["--task", "gpoints", "--report", "{sokoban}"], "holds sokoban results, not gpoints ones"),
+}
+
+
+@pytest.mark.parametrize("case", list(EVAL_REFUSALS))
+def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
+    from test_sft import assert_refused, snapshot
+    argv, message = EVAL_REFUSALS[case]
+    (tmp_path / "file").write_text("a regular file")
+    (tmp_path / "sok.json").write_text(json.dumps(dict(task="sokoban", label="Ans.", variants={})))
+    files = dict(model=str(tmp_path / "no-model-needed"), file=str(tmp_path / "file"), sokoban=str(tmp_path / "sok.json"))
+    before = snapshot(str(tmp_path))
+    result = subprocess.run([sys.executable, "eval.py", "--data", data] + [a.format(**files) for a in argv], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert_refused(result, "eval.py", message, before, str(tmp_path))
+
+
+def test_report_skips_the_base_file_and_reads_sweeps(tmp_path):
+    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0, values_read=0.25) for v in evaluation.GPOINTS_VARIANTS}
+    (tmp_path / "base.json").write_text(json.dumps(dict(task="base", label="base", variants={"copy": dict(success=0.5)})))
+    (tmp_path / "gp-ans.json").write_text(json.dumps(dict(task="gpoints", label="Ans.", variants=results)))
+    curve = [dict(step=s, path=f"run/step_{s}", average=0.5, results=results) for s in (10, 20)]
+    (tmp_path / "gp-sweep.json").write_text(json.dumps(dict(task="gpoints", run="run", label="CoT", best="run/step_20", curve=curve)))
+    result = subprocess.run([sys.executable, "eval.py", "--task", "gpoints", "--report", *sorted(map(str, tmp_path.iterdir()))],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "skipped" in result.stderr and "base.json" in result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["| method", "| Ans.", "| *paper*", "| CoT", "| *paper*", "| method", "| Ans.", "| CoT"]  # success, then values read
+    assert "| Ans. | 0.25 | 0.25 |" in result.stdout
+
+
+def test_readme_tables_come_from_the_committed_results():
+    """Every results table of the README is what `eval.py --report` prints from the committed JSON files."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"), ("gpoints", "ans diverse_ans cot diverse_cot rl")):
+        paths = [os.path.join(ROOT, "results", task, f"{task}-{row}.json") for row in rows.split()]
+        table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
+        assert table in readme, task
+        assert open(os.path.join(ROOT, "results", task, f"{task}.md"), encoding="utf-8").read().strip() == table
+    quick = [os.path.join(ROOT, "results", "quick", f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
+    table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
+    assert table in readme and open(os.path.join(ROOT, "results", "quick", "sokoban.md"), encoding="utf-8").read().strip() == table

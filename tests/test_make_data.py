@@ -168,7 +168,7 @@ def test_compact_style_keeps_the_information():
 ])
 def test_bad_arguments_give_one_line(argv, message):
     result = subprocess.run([sys.executable, "make_data.py", *argv], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -200,3 +200,36 @@ def _arith(expression):
             a, b = int(expression[0] + left), int(right)
             return a + b if op == "+" else a - b if op == "-" else a * b
     return int(expression)
+
+
+def test_make_data_refuses_negative_sizes_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "make_data.py", "--out", str(tmp_path / "d"), "--sok-train-rooms", "-3"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "d").exists()
+    assert result.stderr.strip().splitlines() == ["make_data.py: error: --sok-train-rooms -3: sizes must be >= 1"]
+
+
+def test_readme_file_counts_are_what_make_data_writes(tmp_path):
+    """The README's data listing states each file's record count at the paper's sizes: it must be
+    what `make_data.py --out data` writes (a real run, ~15 s), so the figures cannot go stale."""
+    import re
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    listing = re.search(r"\n(data/sokoban/train_ans\.jsonl.*?)\n```", readme, re.S).group(1)
+    stated = {}
+    for line in listing.splitlines():
+        counted = re.search(r"\(([\d,]+) each\)", line)
+        if not counted:
+            continue
+        names = line[:counted.start()].split()
+        folder = os.path.dirname(names[0])
+        for name in [os.path.basename(names[0])] + names[1:]:
+            braces = re.fullmatch(r"(\w*)\{(.*)\}(\.jsonl)", name)
+            for expanded in ([braces[1] + v + braces[3] for v in braces[2].split(",")] if braces else [name]):
+                stated[f"{folder}/{expanded}"] = int(counted[1].replace(",", ""))
+    assert len(stated) == 28
+    make_data.main(["--out", str(tmp_path / "data")])
+    written = {f"data/{task}/{name}": sum(1 for _ in open(tmp_path / "data" / task / name))
+               for task in ("sokoban", "gpoints") for name in os.listdir(tmp_path / "data" / task)}
+    assert stated == written
+    n_sft = written["data/sokoban/train_ans.jsonl"]
+    assert f"({n_sft:,} examples of ~400 tokens" in readme  # the GPU time estimate uses the same figure

@@ -253,3 +253,71 @@ def test_cli_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py"), "--model", "m", "--data", "d", "--out", str(tmp_path),
                            "--group-size", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("rl.py: error:")
+
+
+# -----------------------------------------------------------------------------
+# bad input from the command line: one line, exit status 2, before any model is loaded, OUT untouched
+
+from test_sft import assert_refused, fake_run, snapshot  # noqa: E402
+
+RL_REFUSALS = {  # id: (extra argv, what OUT holds before, message)
+    "more prompts a step than prompts": (["--prompts-per-step", 256], None, "--prompts-per-step 256 is more than the 32 prompts"),
+    "lr 0": (["--lr", 0], None, "--lr and --vf-lr must be > 0"),
+    "negative kl": (["--kl-coef", -1], None, "must be >= 0"),
+    "out under a file": (["--out", "{file}/run"], None, "is a file, not a directory"),
+    "empty data": (["--data", "{empty}"], None, "no records in"),
+    "missing model": (["--model", "{file}-missing"], None, "model directory not found"),
+    "resume without checkpoint": (["--resume"], "config", "--resume: no checkpoint in"),
+    "out of another run": ([], "other", "holds another run (data"),
+    "fresh start over checkpoints": ([], "same", "already holds a run's checkpoints (step_3/)"),
+}
+
+
+@pytest.mark.parametrize("case", list(RL_REFUSALS))
+def test_cli_refuses_bad_input_before_any_work(case, toy, tmp_path):
+    data, model = toy
+    extra, prior, message = RL_REFUSALS[case]
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "file").write_text("a regular file")
+    files = dict(empty=str(tmp_path / "empty.jsonl"), file=str(tmp_path / "file"))
+    out = str(tmp_path / "out")
+    if prior:
+        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), model=model, steps=() if prior == "config" else (3,))
+    argv = ["--model", model, "--data", data, "--out", out, "--prompts-per-step", 4, "--group-size", 2] + extra
+    before = snapshot(str(tmp_path))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py")] + [str(a).format(**files) for a in argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert_refused(proc, "rl.py", message, before, str(tmp_path))
+
+
+SIGNAL_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import rl
+rl.main(sys.argv[1:], reward_fn=lambda reply, meta: float(len(reply)), correct_fn=lambda reply, meta: False)
+"""
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_exact(toy, tmp_path):
+    import signal
+    import time
+    data, model = toy
+    script = tmp_path / "run.py"
+    script.write_text(SIGNAL_SCRIPT.format(root=ROOT))
+    argv = ["--model", model, "--data", data, "--dtype", "fp32", "--prompts-per-step", "4", "--group-size", "4",
+            "--max-new-tokens", "6", "--lr", "1e-3", "--micro-batch-size", "4", "--max-steps", "8"]
+    run_rl(toy, tmp_path / "full", "--max-steps", 8)
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, str(script), *argv, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not ((out / "log.jsonl").is_file() and (out / "log.jsonl").stat().st_size):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    ckpt = sft.latest_checkpoint(str(out))
+    assert ckpt and not (out / "final").exists() and "continue with --resume" in stderr
+    run_rl(toy, out, "--max-steps", 8, "--resume")
+    a, b = weights(tmp_path / "full"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == list(range(1, 9))

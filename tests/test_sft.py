@@ -240,3 +240,106 @@ def test_bad_inputs_give_one_line_errors(data, tiny_dir, tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run_sft("--model", tiny_dir, "--data", data, "--out", str(tmp_path / "o"), "--batch-size", 8, "--micro-batch-size", 3, check=False)
     assert proc.returncode == 2 and "multiple of" in proc.stderr
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line on stderr, exit status 2, before any work, OUT untouched
+
+
+def snapshot(path):
+    """Every file and folder under `path` with its bytes and mtime: what "OUT unchanged" compares."""
+    seen = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            seen[os.path.relpath(p, path)] = (open(p, "rb").read() if os.path.isfile(p) else None, os.stat(p).st_mtime_ns)
+    return seen
+
+
+def fake_run(out, data, model="tiny", steps=(3,)):
+    """An OUT as an earlier run leaves it, as far as the start-up checks read it."""
+    os.makedirs(out)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(dict(data=data, model=model, task=None), f)
+    with open(os.path.join(out, "log.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 1}) + "\n")
+    for s in steps:
+        os.makedirs(os.path.join(out, f"step_{s}"))
+        open(os.path.join(out, f"step_{s}", "trainer_state.pt"), "wb").close()
+    return out
+
+
+def assert_refused(proc, script, message, before=None, out=None):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and message in lines[0], proc.stderr
+    if out is not None:
+        assert snapshot(out) == before
+
+
+SFT_REFUSALS = {  # id: (extra argv, what OUT holds before: None / "other" / "same" / "config", message)
+    "binary data": (["--data", "{bin}"], None, "bin.jsonl:1: not UTF-8"),
+    "batch 0": (["--batch-size", 0], None, "--batch-size and --micro-batch-size must be >= 1"),
+    "micro-batch 0": (["--micro-batch-size", 0], None, "--batch-size and --micro-batch-size must be >= 1"),
+    "lr -1": (["--lr", -1], None, "--lr must be > 0"),
+    "lr 0": (["--lr", 0], None, "--lr must be > 0"),
+    "epochs 0": (["--epochs", 0], None, "--epochs must be > 0"),
+    "max-steps -5": (["--max-steps", -5], None, "--max-steps must be >= 1"),
+    "out under a file": (["--out", "{file}/run"], None, "is a file, not a directory"),
+    "out unwritable": (["--out", "/proc/sft-test/run"], None, "cannot write in /proc"),
+    "empty data": (["--data", "{empty}"], None, "no records in"),
+    "fewer records than a batch": (["--data", "{small}"], None, "79 records, fewer than one --batch-size 128"),
+    "resume without checkpoint": (["--resume"], "config", "--resume: no checkpoint in"),
+    "out of another run": ([], "other", "holds another run (data"),
+    "out of another run, resume": (["--resume"], "other", "holds another run (data"),
+    "fresh start over checkpoints": ([], "same", "already holds a run's checkpoints (step_3/)"),
+    "resume and overwrite": (["--resume", "--overwrite"], None, "pass one of them"),
+    "tiny flags, other model": (["--model", "{data}", "--tiny-hidden", 64], None, "flags of --model tiny"),
+    "missing model": (["--model", "{file}-missing"], None, "model directory not found"),
+}
+
+
+@pytest.mark.parametrize("case", list(SFT_REFUSALS))
+def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
+    extra, prior, message = SFT_REFUSALS[case]
+    files = dict(data=data, bin=str(tmp_path / "bin.jsonl"), empty=str(tmp_path / "empty.jsonl"),
+                 small=write_copy_task(str(tmp_path / "small.jsonl"), n=79), file=str(tmp_path / "file"))
+    (tmp_path / "bin.jsonl").write_bytes(b'{"messages": "\xd0\xcf\x11\xe0 binary"}\n')
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "file").write_text("a regular file")
+    out = str(tmp_path / "out")
+    if prior:
+        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), steps=() if prior == "config" else (3,))
+    argv = ["--data", data, "--out", out, *([] if "--model" in extra else TINY)] + [str(a).format(**files) for a in extra]
+    before = snapshot(tmp_path)
+    assert_refused(run_sft(*argv, check=False), "sft.py", message, before, str(tmp_path))
+
+
+def test_overwrite_replaces_another_run(data, tiny_dir, tmp_path):
+    out = fake_run(str(tmp_path / "out"), str(tmp_path / "other.jsonl"), steps=(3, 50))
+    proc = run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--max-steps", 2, "--overwrite")
+    assert sorted(os.listdir(out)) == ["config.json", "final", "log.jsonl"] and len(log(out)) == 2
+    assert "per process" in proc.stdout  # the memory plan on CPU is not "per GPU"
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_exact(data, tiny_dir, reference_run, tmp_path):
+    """What a cluster does before pre-emption: SIGTERM mid-run. The run ends its step, saves
+    step_N/, exits 143 (128 + SIGTERM); --resume then ends with the uninterrupted run's weights."""
+    import signal
+    import time
+    out = str(tmp_path / "cut")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "--model", tiny_dir, "--data", data, "--out", out,
+                             *map(str, SMALL)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = os.path.join(out, "log.jsonl")
+    while proc.poll() is None and not (os.path.isfile(log_path) and os.path.getsize(log_path)):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    ckpt = sft.latest_checkpoint(out)
+    assert ckpt and not os.path.exists(os.path.join(out, "final")) and "continue with --resume" in stderr
+    assert int(ckpt.rsplit("_", 1)[1]) == len(log(out)) < 6
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--resume")
+    a, b = weights(reference_run), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in log(out)] == list(range(1, 7))

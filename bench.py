@@ -1,8 +1,10 @@
 """Benchmarks, each side by side with a reference implementation in one run.
 
-    python bench.py envs      # rooms/hands generated and solved per second vs gym-sokoban
-    python bench.py sft       # SFT tokens/s of the tiny model vs a Hugging Face Trainer loop
-    python bench.py sampler   # KV-cached sampler tokens/s vs model.generate and vs no cache
+    python bench.py envs                      # rooms/hands generated and solved per second vs gym-sokoban
+    python bench.py sft                       # SFT tokens/s of the tiny model vs a Hugging Face Trainer loop
+    python bench.py sft --model smollm2       # the same on SmolLM2-135M-Instruct, with FLOP/s vs a bf16 matmul
+    python bench.py encode                    # dataset encoding vs apply_chat_template per record (SmolLM2)
+    python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate and vs no cache
 
 The peers (gym-sokoban, the Trainer's extras) are installed only for benchmarking and are never
 dependencies of the project. Each benchmark's last line is its headline ratio.
@@ -153,7 +155,7 @@ def _sft_synthetic_chats(n, seed):
     return chats
 
 
-def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, out):
+def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, lr, out):
     """The peer: a plain transformers Trainer on the same model, examples, batch and padding."""
     import time
     import torch
@@ -178,12 +180,49 @@ def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, out):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     targs = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
-                              learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.01, warmup_steps=max(1, round(0.1 * steps)),
+                              learning_rate=lr, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.01, warmup_steps=max(1, round(0.1 * steps)),
                               lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=dtype == "bf16", use_cpu=True, train_sampling_strategy="group_by_length",
                               save_strategy="no", report_to=[], logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0)
     Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
     (t0, r0, p0), (t1, r1, p1) = marks[0], marks[-1]  # skip the first (warm-up) step
     return (r1 - r0) / (t1 - t0), 1 - (r1 - r0) / (p1 - p0)
+
+
+def _sokoban_records(out_dir, rooms=None):
+    """Compact Sokoban SFT records written by make_data.py (the CPU study's data); `rooms` rooms, or
+    the paper's size (4,320 records from 1,000 rooms) when None."""
+    import os
+    import subprocess
+    import sft
+    cmd = [sys.executable, "make_data.py", "--out", out_dir, "--tasks", "sokoban", "--style", "compact"]
+    subprocess.run(cmd + (["--sok-train-rooms", str(rooms)] if rooms else []), check=True, capture_output=True,
+                   cwd=os.path.dirname(os.path.abspath(__file__)))
+    return sft.read_jsonl(os.path.join(out_dir, "sokoban", "train_diverse_ans.jsonl"))
+
+
+def matmul_peak(seconds=3.0, n=2048):
+    """FLOP/s of a square bf16 matmul, best of repeated timings: the CPU's practical peak."""
+    import time
+    import torch
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    best, end = 0.0, time.time() + seconds
+    while time.time() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def training_flops_per_token(config, seq_len, supervised_share):
+    """Model FLOPs of one trained token (forward + backward), the PaLM accounting: 6 x the
+    non-embedding matmul parameters, 12 x layers x width x sequence length for attention, and the
+    LM head (6 x vocab x hidden) only where a token is supervised (sft.py computes it nowhere else)."""
+    h, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    matmul_params = layers * (h * q + 2 * h * kv + q * h + 3 * h * ffn)
+    return 6 * matmul_params + 12 * layers * q * seq_len + 6 * config.vocab_size * h * supervised_share
 
 
 def bench_sft(args):
@@ -196,36 +235,101 @@ def bench_sft(args):
         import accelerate  # noqa: F401  (the Trainer needs it; benchmark only)
     except ImportError:
         sys.exit("bench.py sft: the Trainer peer needs accelerate: pip install accelerate (benchmark only)")
-    batch, micro, dtype = 128, 16, "bf16"
-    steps = max(2, int(args.seconds // 3))  # measured steps per run, after one warm-up step
     tmp = tempfile.mkdtemp(prefix="bench_sft_")
     data = os.path.join(tmp, "train.jsonl")
-    chats = _sft_synthetic_chats(batch * (steps + 1), args.seed)
+    if args.model == "tiny":
+        batch, micro, dtype, lr = 128, 16, "bf16", "1e-3"
+        steps = max(2, int(args.seconds // 3))  # measured steps per run, after one warm-up step
+        chats = _sft_synthetic_chats(batch * (steps + 1), args.seed)
+        texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
+        model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
+    else:  # a pretrained model on the CPU study's data and batch
+        batch, micro, dtype, lr = 32, 32, "bf16", "1e-4"
+        steps = max(2, int(args.seconds // 5))
+        chats = _sokoban_records(tmp, rooms=60)[: batch * (steps + 1)]
+        model_dir = sft.resolve_model(args.model)
     with open(data, "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in chats)
-    texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
-    model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
     tok = sft.load_tokenizer(model_dir)
-    examples = [sft.encode_chat(tok, c["messages"]) for c in chats]
-    n_params = sum(p.numel() for p in sft.load_model(model_dir, "fp32").parameters())
-    print(f"tiny model {n_params / 1e6:.2f}M params, vocab {len(tok)}, {len(examples)} examples of "
-          f"{sum(len(i) for i, _ in examples) / len(examples):.0f} tokens on average; batch {batch}, micro-batch {micro}, {dtype}, "
-          f"{steps + 1} steps per run (the first not timed), {torch.get_num_threads()} threads")
-    ours, theirs = [], []
-    for rnd in range(2):  # interleaved, so that load from other processes hits both alike
-        out = os.path.join(tmp, f"sft{rnd}")
-        sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch), "--micro-batch-size", str(micro),
-                  "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", "1e-3", "--log-every", str(10**6), "--seed", str(args.seed)])
-        rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
-        tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
-        ours.append((tps, sum(r["padding_share"] for r in rows) / len(rows)))
-        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, os.path.join(tmp, f"hf{rnd}")))
-        print(f"round {rnd + 1}: sft.py {ours[-1][0]:,.0f} tokens/s (padding {ours[-1][1]:.1%}) | "
-              f"Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%})")
-    best_ours, best_theirs = max(t for t, _ in ours), max(t for t, _ in theirs)
-    print(f"sft.py : {best_ours:,.0f} tokens/s (best of {len(ours)}), padding share {ours[0][1]:.1%}")
-    print(f"Trainer: {best_theirs:,.0f} tokens/s (best of {len(theirs)}), padding share {theirs[0][1]:.1%}")
+    examples = sft.encode_chats(tok, [c["messages"] for c in chats])
+    config = sft.load_model(model_dir, "fp32").config
+    n_tokens = sum(len(i) for i, _ in examples)
+    seq_len = sum(len(i) ** 2 for i, _ in examples) / n_tokens  # the length a token sees, on average
+    flops_per_token = training_flops_per_token(config, seq_len, sum(sum(m) for _, m in examples) / n_tokens)
+    print(f"{args.model}: {config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab "
+          f"{config.vocab_size}; {len(examples)} examples of {n_tokens / len(examples):.0f} tokens on average; batch {batch}, "
+          f"micro-batch {micro}, {dtype}, {steps + 1} steps per run (the first not timed), {torch.get_num_threads()} threads; "
+          f"{flops_per_token / 1e6:.0f} MFLOP per trained token")
+    # sft.py as the study runs it (--compile on a pretrained model; the tiny model's steps are too short to pay for it),
+    # plain sft.py, and the Trainer; interleaved, so that load from other processes hits all alike
+    variants = {"sft.py": []} if args.model == "tiny" else {"sft.py --compile": ["--compile"], "sft.py": []}
+    ours, theirs, peaks = {name: [] for name in variants}, [], [matmul_peak()]
+    for rnd in range(2):
+        for name, extra in variants.items():
+            out = os.path.join(tmp, f"sft{rnd}{len(extra)}")
+            sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch), "--micro-batch-size", str(micro),
+                      "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", lr, "--log-every", str(10**6), "--seed", str(args.seed)] + extra)
+            rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
+            tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
+            ours[name].append((tps, sum(r["padding_share"] for r in rows) / len(rows)))
+        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, float(lr), os.path.join(tmp, f"hf{rnd}")))
+        peaks.append(matmul_peak())
+        print(f"round {rnd + 1}: " + " | ".join(f"{name} {v[-1][0]:,.0f} tokens/s (padding {v[-1][1]:.1%})" for name, v in ours.items())
+              + f" | Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%}) | bf16 matmul {peaks[-1] / 1e9:,.0f} GFLOP/s")
+    peak = max(peaks)
+    best = {name: max(t for t, _ in v) for name, v in ours.items()}
+    best["Trainer"] = max(t for t, _ in theirs)
+    for name, tps in best.items():
+        print(f"{name:17s}: {tps:6,.0f} tokens/s (best of 2), {tps * flops_per_token / 1e9:5,.0f} GFLOP/s = "
+              f"{tps * flops_per_token / peak:.0%} of the bf16 matmul peak")
+    print(f"bf16 matmul peak: {peak / 1e9:,.0f} GFLOP/s (2048 x 2048, best of {len(peaks)} measurements in this run)")
+    best_ours, best_theirs = best[next(iter(variants))], best["Trainer"]
+    if len(variants) > 1:
+        print(f"plain sft.py vs Trainer: {best['sft.py'] / best_theirs:.2f}x")
     print(f"sft vs Trainer: {best_ours / best_theirs:.2f}x")
+
+
+def bench_encode(args):
+    """sft.encode_dataset (chat templates rendered as text, one batched Rust tokenizer call per
+    chunk, the end-of-turn ids looked up once) against one apply_chat_template(..., tokenize=True)
+    call per record, and against this project's previous per-record encoding (two tokenizing
+    template calls and an end-of-turn lookup in the 49k-entry vocabulary per record), on the same
+    records and tokenizer. The ids must agree: apply_chat_template's run on past the end-of-turn
+    token (a newline), sft.py's stop there."""
+    import tempfile
+    import time
+    import sft
+    with tempfile.TemporaryDirectory() as tmp:
+        records = _sokoban_records(tmp)
+    tok = sft.load_tokenizer(sft.resolve_model(args.model))
+
+    def previous(messages):
+        prompt = list(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
+        full = list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
+        stops = sft.end_of_turn_ids(tok)
+        end = next(i for i, t in enumerate(full[len(prompt):]) if t in stops)
+        return full[: len(prompt) + end + 1]
+
+    runs = {"encode_dataset": lambda: [ids for ids, _ in sft.encode_dataset(tok, records, 10 ** 6, False, "records", verbose=False)],
+            "apply_chat_template": lambda: [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False) for r in records],
+            "previous encoding": lambda: [previous(r["messages"]) for r in records[:200]]}  # 200: it takes ~25 ms a record
+    seconds, outputs = {name: [] for name in runs}, {}
+    for _ in range(2):  # interleaved, best of 2
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            outputs[name] = run()
+            seconds[name].append((time.perf_counter() - t0) / len(outputs[name]))
+    ours, full = outputs["encode_dataset"], outputs["apply_chat_template"]
+    same = sum(a == b[:len(a)] and tok.decode(b[len(a):]).strip() == "" for a, b in zip(ours, full))
+    same_previous = sum(a == b for a, b in zip(ours, outputs["previous encoding"]))
+    rate = {name: 1 / min(s) for name, s in seconds.items()}
+    print(f"{len(records)} records (compact Sokoban, diverse names), {args.model} tokenizer, {sum(map(len, ours)) / len(ours):.0f} "
+          f"tokens on average; ids equal to apply_chat_template's in {same}/{len(records)}, to the previous encoding's in "
+          f"{same_previous}/{len(outputs['previous encoding'])}")
+    for name in runs:
+        print(f"{name:20s}: {rate[name]:8,.0f} records/s")
+    print(f"encode vs previous encoding: {rate['encode_dataset'] / rate['previous encoding']:.2f}x")
+    print(f"encode vs apply_chat_template: {rate['encode_dataset'] / rate['apply_chat_template']:.2f}x")
 
 
 # -----------------------------------------------------------------------------
@@ -245,14 +349,15 @@ def _cut_at_eos(rows, eos_ids):
     return [row[:next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
 
-def _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
-    """The peer: Hugging Face `model.generate` on the left-padded batch (top-k off, as in the sampler)."""
+def _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature, n=1):
+    """The peer: Hugging Face `model.generate` on the left-padded batch (top-k off, as in the sampler),
+    n samples per prompt."""
     import torch
     ids_BT, mask_BT = _left_pad(prompts, pad_id)
     mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
         out_BT = model.generate(input_ids=ids_BT, attention_mask=mask_BT, max_new_tokens=max_new_tokens,
-                                eos_token_id=eos_ids, pad_token_id=pad_id, **mode)
+                                eos_token_id=eos_ids, pad_token_id=pad_id, num_return_sequences=n, **mode)
     return _cut_at_eos(out_BT[:, ids_BT.shape[1]:].tolist(), eos_ids)
 
 
@@ -297,27 +402,42 @@ def bench_sampler(args):
     from eval import sample
     from sft import build_tiny_model, load_model, load_tokenizer
 
-    n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
-    temperature = 1.0
-    torch.set_num_threads(1)
-    rng = random.Random(args.seed)
-    # enough distinct made-up words for a ~2k-token BPE vocabulary
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
-    with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_model(tmp + "/tiny", texts)
-        model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
+    if args.model == "tiny":
+        n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
+        torch.set_num_threads(1)
+        rng = random.Random(args.seed)
+        # enough distinct made-up words for a ~2k-token BPE vocabulary
+        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+        texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
+        with tempfile.TemporaryDirectory() as tmp:
+            build_tiny_model(tmp + "/tiny", texts)
+            model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
+        vocab = len(tok)
+        prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
+        eos_ids = rng.sample(range(3, vocab), n_eos)
+        what = f"tiny Qwen2, fp32, CPU, 1 thread; {n_prompts} prompts of {min_len}-{max_len} tokens"
+    else:  # a real chat model on the study's prompts, its own end-of-turn tokens as EOS
+        from sft import encode_prompts, end_of_turn_ids, resolve_model
+        n_prompts, max_new_tokens, rounds, subset = 48, 48, 2, 8
+        rng = random.Random(args.seed)
+        model_dir = resolve_model(args.model)
+        model, tok = load_model(model_dir, "fp32", "cpu").eval(), load_tokenizer(model_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            records = rng.sample(_sokoban_records(tmp, rooms=60), n_prompts)
+        prompts = encode_prompts(tok, [r["messages"][:1] for r in records])
+        eos_ids = sorted(end_of_turn_ids(tok))
+        lengths = sorted(map(len, prompts))
+        what = (f"{args.model} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; {n_prompts} Sokoban "
+                f"prompts of {lengths[0]}-{lengths[-1]} tokens")
     n_params = sum(p.numel() for p in model.parameters())
-    vocab = len(tok)
-    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
-    eos_ids = rng.sample(range(3, vocab), n_eos)
     pad_id = tok.pad_token_id
+    temperature = 1.0
     few = prompts[::subset]
-    print(f"tiny Qwen2 ({n_params / 1e6:.2f}M params, vocab {vocab}), fp32, CPU, 1 thread; {n_prompts} prompts of "
-          f"{min_len}-{max_len} tokens, temperature {temperature}, max_new_tokens {max_new_tokens}, {n_eos} EOS ids")
+    print(f"{what} ({n_params / 1e6:.2f}M params), temperature {temperature}, max_new_tokens {max_new_tokens}, "
+          f"{len(eos_ids)} EOS ids")
 
-    def ours(ps, temp):
-        return sample(model, ps, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=args.seed).ids
+    def ours(ps, temp, n=1):
+        return sample(model, ps, n=n, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=args.seed).ids
 
     runs = {
         "sampler": lambda: ours(prompts, temperature),
@@ -325,6 +445,11 @@ def bench_sampler(args):
         "sampler, subset": lambda: ours(few, temperature),
         "no cache, subset": lambda: _no_cache(model, few, max_new_tokens, eos_ids, pad_id, temperature),
     }
+    group = 8  # rl.py's rollouts: a group of samples per prompt, the prompt prefilled once by the sampler
+    if args.model != "tiny":
+        runs["sampler, groups"] = lambda: ours(prompts[:n_prompts // group], temperature, group)
+        runs["generate, groups"] = lambda: _generate(model, prompts[:n_prompts // group], max_new_tokens, eos_ids, pad_id,
+                                                     temperature, group)
     rates, outputs = {name: [] for name in runs}, {}
 
     def timed(name, run, label):
@@ -350,6 +475,9 @@ def bench_sampler(args):
           f"(c) no cache {median['no cache, subset']:.0f} on 1/{subset} of the prompts "
           f"(sampler there: {median['sampler, subset']:.0f})")
     print(f"sampler vs no cache: {median['sampler, subset'] / median['no cache, subset']:.2f}x (same subset)")
+    if "sampler, groups" in median:
+        print(f"groups of {group} samples per prompt ({n_prompts // group} prompts, as rl.py samples): sampler vs generate "
+              f"{median['sampler, groups'] / median['generate, groups']:.2f}x")
     print(f"sampler vs generate: {median['sampler'] / median['generate']:.2f}x")
 
 
@@ -357,9 +485,12 @@ def bench_sampler(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["envs", "sft", "sampler"], help="which benchmark to run")
+    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler"], help="which benchmark to run")
+    parser.add_argument("--model", default=None, help="sft / sampler: 'tiny' (default), 'smollm2' or a model directory; "
+                        "encode: the tokenizer's model (default smollm2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
-    {"envs": bench_envs, "sft": bench_sft, "sampler": bench_sampler}[args.which](args)
+    args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")
+    {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler}[args.which](args)
     sys.exit(0)

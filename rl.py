@@ -397,7 +397,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     head = make_value_head(lm) if args.algo == "ppo" else None
     policy = Policy(lm, head).eval()
     model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else policy
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **sft.fused_adamw())
     head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16/fp32 only: kept for sft.save_checkpoint's format
     start_step = 0

@@ -85,6 +85,21 @@ def test_mask_covers_response_and_eos_only(data, tiny_dir):
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == msgs[1]["content"] + "<|im_end|>"
 
 
+def test_batched_encoding_is_the_chat_template_tokenized(data, tiny_dir):
+    """encode_chats (text rendering + one batched tokenizer call) gives, record by record, what
+    apply_chat_template(tokenize=True) gives up to the reply's end-of-turn token, and its prompt
+    part is exactly encode_prompt's (what generation sees)."""
+    tok = sft.load_tokenizer(tiny_dir)
+    records = sft.read_jsonl(data)[:40]
+    examples = sft.encode_chats(tok, [r["messages"] for r in records])
+    for r, (ids, mask) in zip(records, examples):
+        full = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)
+        assert ids == list(full[:len(ids)]) and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+        n_prompt = mask.index(1)
+        assert ids[:n_prompt] == sft.encode_prompt(tok, r["messages"][:-1])
+    assert sft.encode_dataset(tok, records, 10 ** 6, False, "x", chunk=7) == examples
+
+
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     tok = sft.load_tokenizer(tiny_dir)
@@ -192,6 +207,18 @@ def test_ddp_two_ranks_equal_one_rank(data, tiny_dir, reference_run, tmp_path):
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
     assert json.load(open(os.path.join(out, "config.json")))["accumulation"] == 2
+
+
+def test_compiled_layers_train_like_eager_ones(data, tiny_dir, reference_run, tmp_path):
+    """--compile (each decoder layer through torch.compile) computes the same steps as the eager
+    model, up to float rounding, and saves the same plain checkpoint (no compiler prefixes)."""
+    out = str(tmp_path / "compiled")
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--compile")
+    ref, got = weights(reference_run), weights(out)
+    assert set(ref) == set(got)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-4, rtol=1e-3)
+    assert [round(r["loss"], 4) for r in log(out)] == pytest.approx([round(r["loss"], 4) for r in log(reference_run)], abs=1e-3)
 
 
 def test_fsdp_and_grad_checkpointing_under_gloo(data, tiny_dir, reference_run, tmp_path):

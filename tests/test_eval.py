@@ -371,13 +371,14 @@ def test_report_plot_draws_the_table(tmp_path, monkeypatch):
     is a one-line error that says what to install."""
     results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
     rows = [("Ans.", results), ("my method", results)]
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+        with pytest.raises(evaluation.UserError, match="pip install matplotlib"):
+            evaluation.plot_report("sokoban", rows, str(tmp_path / "other.png"))
     pytest.importorskip("matplotlib")
     png = tmp_path / "table.png"
     evaluation.plot_report("sokoban", rows, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["table.png"]
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    with pytest.raises(evaluation.UserError, match="pip install matplotlib"):
-        evaluation.plot_report("sokoban", rows, str(tmp_path / "other.png"))
 
 
 def base_oracle(prompt):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 import env_gpoints
 import env_sokoban
 import make_data
-from sft import UserError, check_out_dir, encode_prompt, load_model, load_tokenizer, read_jsonl, refuse, resolve_model, trained_style
+from sft import UserError, check_out_dir, encode_prompts, load_model, load_tokenizer, read_jsonl, refuse, resolve_model, trained_style
 
 # -----------------------------------------------------------------------------
 # Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
@@ -363,9 +363,10 @@ GPOINTS_VARIANTS = tuple(env_gpoints.VARIANTS)  # id all5 all7 all12 regular lar
 STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": (), "base": ("</answer>",)}
 
 
-def prompt_ids(tokenizer, content):
-    """Token ids of one user turn under the model's chat template, ready for the reply."""
-    return encode_prompt(tokenizer, [{"role": "user", "content": content}])
+def prompt_ids(tokenizer, contents):
+    """Token ids of each user turn under the model's chat template, ready for the reply (one
+    batched tokenizer call for all of them)."""
+    return encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in contents])
 
 
 def wilson_interval(successes, n, z=1.96):
@@ -423,7 +424,7 @@ def model_replies(model, tokenizer, *, temperature=0.5, top_p=1.0, max_new_token
     """A policy for the evaluators: (user prompts, seed) -> one reply each, from `model` through
     the chat template and the batched sampler."""
     def replies(contents, seed):
-        prompts = [prompt_ids(tokenizer, c) for c in contents]
+        prompts = prompt_ids(tokenizer, contents)
         return sample(model, prompts, temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
                       stop_strings=stop_strings, tokenizer=tokenizer, max_batch_rows=batch_rows).texts
     return replies
@@ -649,7 +650,7 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
     task = records[0]["meta"]["task"] if records else "sokoban"
     for start in tqdm(range(0, len(records), batch_prompts), desc="distill", disable=not progress):
         chunk = records[start:start + batch_prompts]
-        prompts = [prompt_ids(tokenizer, r["messages"][0]["content"]) for r in chunk]
+        prompts = prompt_ids(tokenizer, [r["messages"][0]["content"] for r in chunk])
         out = sample(model, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                      stop_strings=STOP_STRINGS[task], tokenizer=tokenizer, seed=seed + start)
         for i, record in enumerate(chunk):

@@ -329,7 +329,7 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
     scores = {}
     for path in args.eval_data:
         records = sft.read_jsonl(path, check=check_prompt_record)[:args.eval_limit]
-        prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in records]
+        prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
         with sft.autocast_ctx(device, args.dtype):
             s = evaluation.sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                                   stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed)
@@ -385,7 +385,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         os.makedirs(args.out, exist_ok=True)
     if world > 1:
         dist.barrier()
-    prompts = [sft.encode_prompt(tokenizer, r["messages"]) for r in tqdm(records, desc="encode", disable=not master, mininterval=2)]
+    prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
     metas = [r["meta"] for r in records]
 
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the

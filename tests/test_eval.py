@@ -333,7 +333,7 @@ def test_distill_keeps_the_first_correct_reply(data, monkeypatch):
             texts += ["<answer> nope </answer>", good(record), good(record) + "!"] if i % 2 == 0 else ["nope"] * n
         return Samples(ids=None, texts=texts, logprobs=None, truncated=None, stop_reason=None)
     monkeypatch.setattr(evaluation, "sample", fake_sample)
-    monkeypatch.setattr(evaluation, "prompt_ids", lambda tok, content: [1])
+    monkeypatch.setattr(evaluation, "prompt_ids", lambda tok, contents: [[1] for _ in contents])
     kept, share = evaluation.distill(None, None, records, samples=3, progress=False)
     assert len(kept) == 3 and share == pytest.approx(3 / 5)
     for r in kept:

@@ -44,7 +44,7 @@ else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
   : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${RL_LR:=1e-6}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
-  SFT_EXTRA="--micro-batch-size 32 --compile"
+  SFT_EXTRA="--micro-batch-size 32 --compile --save-every 50"  # a stopped row resumes from its last step_N/
 fi
 : "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
@@ -68,7 +68,26 @@ run() {
   echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
 }
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
-SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20 --overwrite"  # a re-run of a row replaces it
+SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20"
+# sft OUT ARGS...: one SFT run, skipped if OUT/final/ was made by this very command (its line is kept
+# in OUT/command.txt). An OUT left with step_N/ checkpoints and no final/ (a study stopped mid-row)
+# is resumed; otherwise an old run in OUT is replaced. The checkpoints go once final/ is written.
+sft() {
+  local out=$1 again=--overwrite
+  shift
+  local line="$SFT --out $out $*"
+  if [ -z "${FRESH:-}" ] && [ -f "$out/final/config.json" ] && [ "$(cat "$out/command.txt" 2> /dev/null)" = "$line" ]; then
+    log "$out: trained already by the same command, kept"
+    return
+  fi
+  if [ -z "${FRESH:-}" ] && [ ! -f "$out/final/config.json" ] && compgen -G "$out/step_*" > /dev/null; then
+    again=--resume
+    log "$out: resumed from its last checkpoint"
+  fi
+  run $SFT --out "$out" $again "$@"
+  rm -rf "$out"/step_*
+  echo "$line" > "$out/command.txt"
+}
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
 echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
   "RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
@@ -82,10 +101,10 @@ T=$D/$TASK
 
 if [ "$MODEL" = tiny ] && [ ! -f "$BASE/final/config.json" ]; then
   log "tiny base, stage 1: copying (the tokenizer also sees the $TASK texts)"
-  run $SFT --model tiny --data "$D/base/copy.jsonl" --out "$BASE-copy" --max-steps "$COPY_STEPS" \
+  sft "$BASE-copy" --model tiny --data "$D/base/copy.jsonl" --max-steps "$COPY_STEPS" \
     --tiny-tokenizer-data "$D/base/train.jsonl" "$T/train_cot.jsonl" "$T/train_diverse_cot.jsonl"
   log "tiny base, stage 2: copying, lookups and arithmetic"
-  run $SFT --model "$BASE-copy/final" --data "$D/base/train.jsonl" --out "$BASE" --max-steps "$BASE_STEPS"
+  sft "$BASE" --model "$BASE-copy/final" --data "$D/base/train.jsonl" --max-steps "$BASE_STEPS"
 fi
 if [ "$MODEL" = tiny ]; then
   log "tiny base: held-out skills"
@@ -105,12 +124,12 @@ for row in $ROWS; do
   if [ "$row" = rl ]; then
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
-    run $SFT --model "$START" --data "$T/train_cot.jsonl" --out "$R/$TASK-cot-warm" --max-steps $(( STEPS / 5 ))
+    sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps $(( STEPS / 5 ))
     run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" --overwrite \
       --prompts-per-step 32 --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
-    run $SFT --model "$START" --data "$T/train_$row.jsonl" --out "$run" --max-steps "$STEPS"
+    sft "$run" --model "$START" --data "$T/train_$row.jsonl" --max-steps "$STEPS"
   fi
   log "$TASK ${LABEL[$row]}: evaluation"
   run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \

@@ -46,7 +46,7 @@ SCALES = {  # file sizes: the paper's, and a small set for tests and demos
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: fail(message)  # one line, not usage + error
+    parser.error = _refuse  # one line (run_cli prints it), not usage + error
     parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="default sizes: the paper's, or a few records")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
@@ -69,17 +69,15 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if not 0 < args.gp_heldout < 1:
-        parser.error("--gp-heldout must be between 0 and 1")
+        raise UserError("--gp-heldout must be between 0 and 1")
     sizes = [k for k in SCALES["full"] if getattr(args, k) < 1]
     if sizes:
-        parser.error(", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes) + ": sizes must be >= 1")
+        raise UserError(", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes) + ": sizes must be >= 1")
     return args
 
 
-def fail(message):
-    """Every refusal of this script: one line on stderr, exit status 2 (argparse's, sft.py's, rl.py's, eval.py's)."""
-    print(f"make_data.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _refuse(message):
+    raise UserError(message)
 
 # -----------------------------------------------------------------------------
 # vocabularies
@@ -497,17 +495,34 @@ def build_base(args):
 
 
 # -----------------------------------------------------------------------------
-# writing
+# Shared with every script, torch-free (sft.py re-exports them in its "shared plumbing" section):
+# the one error convention and the one atomic file writer
+
+
+class UserError(Exception):
+    """A problem with the inputs: reported as one line `SCRIPT.py: error: ...`, exit status 2 (run_cli)."""
+
+
+def run_cli(main, script):
+    """Run a script's main(): a UserError becomes one line on stderr and exit status 2 (argparse's)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_atomic(path, write, binary=False):
+    """Write a file through `write(f)` into a temporary file in the same directory, then rename it:
+    an interrupted run never leaves half a file behind. Text is UTF-8."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 def write_jsonl(path, records):
-    """Atomically: a temporary file in the same directory, then a rename, so an interrupted run
-    never leaves half a file behind."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def main(argv=None):
@@ -521,7 +536,7 @@ def main(argv=None):
             open(probe, "w").close()
             os.remove(probe)
         except OSError as e:
-            fail(f"cannot write to {directory}: {e.strerror}")
+            raise UserError(f"cannot write to {directory}: {e.strerror}") from None
     for task in args.tasks:
         t0 = time.time()
         files, overlap, notes = builders[task](args)
@@ -531,8 +546,8 @@ def main(argv=None):
         for name, records in files.items():
             print(f"  {task}/{name}.jsonl  {len(records)}")
         if overlap:
-            fail(f"{overlap} training records overlap the evaluation sets")
+            raise UserError(f"{overlap} training records overlap the evaluation sets")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "make_data.py")

@@ -399,7 +399,7 @@ def bench_sampler(args):
 
     import torch
 
-    from eval import sample
+    from rl import sample
     from sft import build_tiny_model, load_model, load_tokenizer
 
     if args.model == "tiny":

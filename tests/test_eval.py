@@ -1,11 +1,12 @@
-"""Tests of eval.py: the KV-cached sampler on tiny random Qwen2 / Llama models (CPU, fp32 unless said)."""
+"""Tests of eval.py, and of the KV-cached sampler it plays with (rl.py) on tiny random Qwen2 / Llama
+models (CPU, fp32 unless said)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import sft
-from eval import Samples, cut_at_stop, sample
+from rl import Samples, cut_at_stop, sample
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",

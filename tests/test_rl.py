@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import eval as evaluation  # noqa: E402
 import rl  # noqa: E402
 import sft  # noqa: E402
 
@@ -137,7 +136,7 @@ def test_training_logprobs_equal_the_samplers(toy):
     tok, lm = sft.load_tokenizer(model_dir), sft.load_model(model_dir, "fp32", "cpu").eval()
     prompts = [sft.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
     assert all(isinstance(t, int) for t in prompts[0])
-    s = evaluation.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
+    s = rl.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
     ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
     ids_BT, resp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
     with torch.no_grad():

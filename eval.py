@@ -29,7 +29,8 @@ import env_gpoints
 import env_sokoban
 import make_data
 import sft
-from rl import KVCache, Samples, cut_at_stop, is_correct, reward, sample, sample_tokens  # noqa: F401  (re-exported)
+from rl import (KVCache, Samples, cut_at_stop, is_correct, reward, sample, sample_tokens,  # noqa: F401  (re-exported)
+                shared_prefix_len)
 from sft import (UserError, check_out_dir, encode_prompts, load_model, load_tokenizer, read_jsonl, refuse,  # noqa: F401
                  resolve_model, trained_style, write_json)
 

@@ -887,10 +887,57 @@ def _default_eos_ids(model, tokenizer):
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
+def shared_prefix_len(prompt_ids):
+    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
+    instructions), kept one short of the shortest prompt so every row has a token of its own."""
+    if len(prompt_ids) < 2:
+        return 0
+    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
+    for other in prompt_ids[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device):
+    """Run a chunk of prompts; returns its KVCache, its (b, T) mask of real columns and the
+    next-token logits (b, V) in float32.
+
+    Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
+    row), then each prompt's own suffix, left-padded to the longest suffix. Position ids count real
+    tokens only, so a row's keys are the ones it would get alone; attention ignores padding, and a
+    padding query attends to itself only, so its (unused) states stay finite.
+    """
+    P = shared_prefix_len(prompt_ids)
+    suffixes = [p[P:] for p in prompt_ids]
+    b, Ts = len(prompt_ids), max(map(len, suffixes))
+    chunk_cache = KVCache(b, P + Ts)
+    if P > 0:
+        prefix_cache = KVCache(1, P)
+        allowed_11PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None, None]
+        model(input_ids=torch.tensor([prompt_ids[0][:P]], device=device),
+              attention_mask=_attention_mask(allowed_11PP, model, dtype),
+              position_ids=torch.arange(P, device=device)[None], use_cache=True, logits_to_keep=1,
+              **{cache_kw: prefix_cache})
+        chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
+        chunk_cache.length = P
+    ids_bT = torch.tensor([[0] * (Ts - len(s)) + list(s) for s in suffixes], device=device)
+    real_bT = torch.arange(Ts, device=device)[None, :] >= torch.tensor([Ts - len(s) for s in suffixes],
+                                                                      device=device)[:, None]
+    pos_bT = P + (real_bT.long().cumsum(-1) - 1).clamp(min=0)
+    causal_TT = torch.ones(Ts, Ts, dtype=torch.bool, device=device).tril()
+    own_bTT = (causal_TT & real_bT[:, None, :]) | torch.eye(Ts, dtype=torch.bool, device=device)
+    prefix_bTP = real_bT[:, :, None].expand(b, Ts, P)  # real queries see the whole shared prefix
+    allowed_b1TK = torch.cat([prefix_bTP, own_bTT], dim=-1)[:, None]
+    out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TK, model, dtype), position_ids=pos_bT,
+                use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
+    valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bT], dim=-1)
+    return chunk_cache, valid_bT, out.logits[:, -1].float()
+
+
 def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
-    """Prefill: chunks of prompts, each left-padded to its own longest prompt and right-aligned at
-    column T0 (the longest prompt's length); each prompt's K/V go to its n rows of `cache` and its
-    real tokens are marked in valid_BT. Returns the logits of every row's first new token, (B, V)."""
+    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length) and
+    its shared prefix run once (_prefill_chunk); each prompt's K/V go to its n rows of `cache` and
+    its real tokens are marked in valid_BT. Returns the logits of every row's first new token, (B, V)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     cache_kw = _cache_kwarg(model)
@@ -902,21 +949,11 @@ def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
         stop = start + 1
         while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
             stop += 1
-        Tc = max(lens[start:stop])
-        ids_bT = torch.tensor([[0] * (Tc - len(p)) + list(p) for p in prompt_ids[start:stop]], device=device)
-        real_bT = torch.arange(Tc, device=device)[None, :] >= torch.tensor(
-            [Tc - l for l in lens[start:stop]], device=device)[:, None]
-        pos_bT = (real_bT.long().cumsum(-1) - 1).clamp(min=0)  # positions count real tokens only
-        causal_TT = torch.ones(Tc, Tc, dtype=torch.bool, device=device).tril()
-        # a padding query attends to itself only, so its (unused) states stay finite
-        allowed_b1TT = (causal_TT & real_bT[:, None, :]) | torch.eye(Tc, dtype=torch.bool, device=device)
-        chunk_cache = KVCache(stop - start, Tc)
-        out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TT[:, None], model, dtype),
-                    position_ids=pos_bT, use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
-        rows, cols = slice(start * n, stop * n), slice(T0 - Tc, T0)
+        chunk_cache, valid_bT, logits_bV = _prefill_chunk(model, prompt_ids[start:stop], cache_kw, dtype, device)
+        rows, cols = slice(start * n, stop * n), slice(T0 - chunk_cache.max_len, T0)
         cache.insert(chunk_cache, rows, cols, n)
-        valid_BT[rows, cols] = real_bT.repeat_interleave(n, dim=0)
-        first_logits.append(out.logits[:, -1].float().repeat_interleave(n, dim=0))
+        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
+        first_logits.append(logits_bV.repeat_interleave(n, dim=0))
         start = stop
     cache.length = T0
     return torch.cat(first_logits)

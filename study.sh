@@ -4,7 +4,7 @@
 #   bash study.sh quick            # SmolLM2-135M-Instruct, Sokoban, Ans. vs Diver.+Ans. (the headline)
 #   bash study.sh sokoban          # every row of Table 1 on Sokoban (SmolLM2)
 #   bash study.sh gpoints          # every row on General Points (SmolLM2)
-#   ROWS="ans diverse_ans" SEED=1 bash study.sh sokoban   # some rows, another seed
+#   ROWS="ans diverse_ans" SEED=1 bash study.sh sokoban   # some rows, another seed (its own data, runs, results)
 #   MODEL=tiny bash study.sh sokoban   # the tiny-model contrast: a 1.1M model trained from scratch (results/tiny/sokoban)
 #   STEPS=400 LR=2e-4 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #
@@ -16,8 +16,10 @@
 # mixed), scored by eval.py --task base; every row then fine-tunes it.
 # Each row is a separate run with its own folder: rows are independent, and one that has its
 # result JSON already is skipped, so an interrupted study resumes where it stopped (FRESH=1 redoes all).
-# Results: $OUT/results/*.json, a table in $OUT/results/TASK.md (eval.py --report, the paper's
-# numbers beside ours), and every command with its wall time in $OUT/results/TASK-commands.txt.
+# Each mode and seed has its own folders, TAG=MODE (MODE-seedN for SEED=N > 0): runs in $OUT/runs/TAG,
+# results in $OUT/results/TAG/*.json, a table in $OUT/results/TAG/TASK.md (eval.py --report, the
+# paper's numbers beside ours), and every command with its wall time in $OUT/results/TAG/TASK-commands.txt.
+# The data ($OUT/data, data-seedN) and the tiny base model are shared by the modes that make the same.
 set -euo pipefail
 cd "$(dirname "$0")"
 MODE=${1:-quick}
@@ -47,7 +49,9 @@ fi
 : "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
-D=$OUT/data R=$OUT/runs RES=$OUT/results
+TAG=$MODE D=$OUT/data
+[ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }
+R=$OUT/runs/$TAG RES=$OUT/results/$TAG BASE=$OUT/runs/base-${COPY_STEPS:-0}-${BASE_STEPS:-0}-seed$SEED
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt
 [ -n "${FRESH:-}" ] && : > "$COMMANDS"  # otherwise a resumed study appends to it
@@ -76,18 +80,18 @@ run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks $TASKS
   $AUGMENT --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
 T=$D/$TASK
 
-if [ "$MODEL" = tiny ] && [ ! -f "$R/base/final/config.json" ]; then
+if [ "$MODEL" = tiny ] && [ ! -f "$BASE/final/config.json" ]; then
   log "tiny base, stage 1: copying (the tokenizer also sees the $TASK texts)"
-  run $SFT --model tiny --data "$D/base/copy.jsonl" --out "$R/base-copy" --max-steps "$COPY_STEPS" \
+  run $SFT --model tiny --data "$D/base/copy.jsonl" --out "$BASE-copy" --max-steps "$COPY_STEPS" \
     --tiny-tokenizer-data "$D/base/train.jsonl" "$T/train_cot.jsonl" "$T/train_diverse_cot.jsonl"
   log "tiny base, stage 2: copying, lookups and arithmetic"
-  run $SFT --model "$R/base-copy/final" --data "$D/base/train.jsonl" --out "$R/base" --max-steps "$BASE_STEPS"
+  run $SFT --model "$BASE-copy/final" --data "$D/base/train.jsonl" --out "$BASE" --max-steps "$BASE_STEPS"
 fi
 if [ "$MODEL" = tiny ]; then
   log "tiny base: held-out skills"
-  run $EVAL --task base --model "$R/base/final" --temperature 0 --limit 600 --max-new-tokens 40 --label base \
+  run $EVAL --task base --model "$BASE/final" --temperature 0 --limit 600 --max-new-tokens 40 --label base \
     --out "$RES/base.json"
-  START=$R/base/final
+  START=$BASE/final
 else
   START=$MODEL
 fi

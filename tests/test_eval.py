@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+import eval as eval_module
 import sft
 from rl import Samples, cut_at_stop, sample
 
@@ -91,6 +92,28 @@ def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks
     out = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[eos], **chunks)
     assert out.ids == ref
     assert out.stop_reason == ["eos" if eos in r else "length" for r in ref]
+
+
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_shared_prefix_runs_once_and_changes_nothing(tok, qwen, prompts, small_chunks):
+    """Prompts that start alike (a chat template's system turn): the prefix is prefilled once per
+    chunk, and greedy replies still equal generate's."""
+    head = tok.encode("the system says: answer with one word. the user says:")
+    shared = [head + p for p in prompts] + [head + prompts[0] + p for p in prompts[1:]]
+    seen = []
+    hook = qwen.model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)),
+                                                with_kwargs=True)
+    chunks = dict(prefill_tokens=60, max_batch_rows=4) if small_chunks else {}
+    try:
+        out = sample(qwen, shared, temperature=0, max_new_tokens=12, eos_ids=[], **chunks)
+    finally:
+        hook.remove()
+    assert seen[0][0] == 1 and seen[0][1] >= len(head)  # the prefix, alone
+    if not small_chunks:  # one chunk: fewer prompt tokens computed than the prompts hold
+        assert sum(b * t for b, t in seen if t > 1) < sum(map(len, shared))
+    assert out.ids == hf_generate(qwen, shared, tok.pad_token_id, do_sample=False, max_new_tokens=12)
+    assert eval_module.shared_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1  # one token left to each row
+    assert eval_module.shared_prefix_len([[5, 6]]) == 0 and eval_module.shared_prefix_len([[1], [2]]) == 0
 
 
 def test_batch_equals_one_by_one(qwen, prompts):

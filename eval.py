@@ -73,7 +73,8 @@ class Episode:
 
     def __init__(self, variant, record, max_turns):
         meta = record["meta"]
-        self.variant, self.names, self.accepted, self.style = variant, meta["names"], meta["accepted"], meta.get("style", "full")
+        self.variant, self.names, self.accepted = variant, meta["names"], meta["accepted"]
+        self.style = meta.get("style", "full")
         self.env = env_sokoban.SokobanEnv.from_text(meta["grid"], max_steps=max_turns)
         self.start = meta["grid"]
         self.turns = self.valid = self.effective = 0
@@ -188,7 +189,8 @@ def evaluate_model(args, model_path, sets):
     if style and data_style and style != data_style:
         print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
     replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS[args.task])
+                            max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows,
+                            stop_strings=STOP_STRINGS[args.task])
     if args.task == "sokoban":
         return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
     if args.task == "base":
@@ -243,10 +245,12 @@ def format_report(task, rows):
             mean = sum(paper[:-1]) / (len(paper) - 1)
             lines.append("| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
     if all("values_read" in m for _, results in rows for m in results.values()):
-        lines += ["", "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
+        lines += ["",
+                  "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
                   "| method | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
         for label, results in rows:
-            lines.append(f"| {label} | " + " | ".join(f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants) + " |")
+            cells = [f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -268,7 +272,8 @@ def plot_report(task, rows, path):
         width = 0.4 if paper else 0.6
         ax.bar([i - (width / 2 if paper else 0) for i in x], ours, width, label="this run", color="tab:blue")
         if paper:
-            ax.bar([i + width / 2 for i in x], paper, width, label="paper", color="lightgray", edgecolor="gray", hatch="//")
+            ax.bar([i + width / 2 for i in x], paper, width, label="paper", color="lightgray", edgecolor="gray",
+                   hatch="//")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("success")
         ax.set_title(label, loc="left", fontsize=10)
@@ -297,14 +302,16 @@ def read_report_rows(task, paths):
             skipped.append(path)
             continue
         if saved["task"] != task:
-            raise UserError(f"{path} holds {saved['task']} results, not {task} ones: pass --task {saved['task']} or other files")
+            raise UserError(f"{path} holds {saved['task']} results, not {task} ones: pass --task {saved['task']} or "
+                            "other files")
         if "curve" in saved:  # an --sweep file: its best checkpoint is the row
             results = next(c["results"] for c in saved["curve"] if c["path"] == saved["best"])
         else:
             results = saved["variants"]
         rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], results))
     if skipped:
-        print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the table", file=sys.stderr)
+        print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the "
+              "table", file=sys.stderr)
     if not rows:
         raise UserError(f"no {task} results among the --report files")
     return rows
@@ -329,7 +336,8 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
             good = next((r for r in replies if is_correct(r, record["meta"])), None)
             if good is not None:
                 meta = dict(record["meta"], distilled=True)
-                kept.append(dict(messages=[record["messages"][0], dict(role="assistant", content=good.strip())], meta=meta))
+                kept.append(dict(messages=[record["messages"][0], dict(role="assistant", content=good.strip())],
+                                 meta=meta))
     return kept, len(kept) / max(len(records), 1)
 
 # -----------------------------------------------------------------------------
@@ -338,46 +346,61 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or 'smollm2'")
+    parser.add_argument("--model",
+                        help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or "
+                        "'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
-    parser.add_argument("--out", default=None, help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
     parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
     parser.add_argument("--limit", type=int, default=None, help="first N records of each test set, for quick runs")
     group = parser.add_argument_group("decoding")
-    group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
+    group.add_argument("--temperature", type=float, default=0.5,
+                       help="sampling temperature (the paper's 0.5); 0 is greedy")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--max-new-tokens", type=int, default=None, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
+    group.add_argument("--max-new-tokens", type=int, default=None,
+                       help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
     group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
     group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
-    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
+    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                       help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
-    group.add_argument("--label", default=None, help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="print one table from several --out files (no model needed)")
-    parser.add_argument("--plot", metavar="PNG", help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
+    group.add_argument("--label", default=None,
+                       help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="print one table from several --out files (no model needed)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="with --report: also draw the table as a figure, ours beside the paper's (needs "
+                        "matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
-    group.add_argument("--sweep", metavar="RUN_DIR", help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
+    group.add_argument("--sweep", metavar="RUN_DIR",
+                       help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
     group.add_argument("--distill-from", default="train_ans", help="which DATA/TASK/NAME.jsonl prompts to distill")
-    group.add_argument("--samples", type=int, default=16, help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
+    group.add_argument("--samples", type=int, default=16,
+                       help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
     return parser
 
 
 def check_args(args):
     """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
     if args.report:
-        refuse([(args.model or args.sweep or args.distill, "--report reads result files only: leave out --model, --sweep and --distill")])
+        refuse([(args.model or args.sweep or args.distill,
+                 "--report reads result files only: leave out --model, --sweep and --distill")])
         if args.plot:
             check_out_dir(os.path.dirname(os.path.abspath(args.plot)), f"--plot {args.plot}")
         return
     variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
     positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
     refuse([
-        (args.sweep and (args.model or args.distill), "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
+        (args.sweep and (args.model or args.distill),
+         "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
         (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
-        (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
+        (args.distill and args.task == "base",
+         "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
         (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
         *[(value is not None and value < 1, f"{flag} must be >= 1 (got {value})") for flag, value in positive],
         (min(args.max_turns, args.samples) < 1, "--max-turns and --samples must be >= 1"),
@@ -386,7 +409,8 @@ def check_args(args):
         (not 0 < args.top_p <= 1, f"--top-p must be in (0, 1] (got {args.top_p})"),
         (args.variants and args.task == "base", "--variants: the base task has one set (base/eval.jsonl)"),
         (args.variants and not set(args.variants) <= set(variants),
-         f"--variants: unknown {', '.join(sorted(set(args.variants or ()) - set(variants)))}; {args.task} has {' '.join(variants)}"),
+         f"--variants: unknown {', '.join(sorted(set(args.variants or ()) - set(variants)))}; {args.task} has "
+         f"{' '.join(variants)}"),
         (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory: name a file"),
     ])
     if args.out:

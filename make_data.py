@@ -40,7 +40,8 @@ import env_sokoban as sok
 SCALES = {  # file sizes: the paper's, and a small set for tests and demos
     "full": dict(sok_train_rooms=1000, sok_rl_rooms=1000, sok_eval_rooms=100, gp_train=10000, gp_rl=10000, gp_eval=500,
                  base_records=50000),
-    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10, base_records=200),
+    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10,
+                  base_records=200),
 }
 
 
@@ -48,17 +49,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = _refuse  # one line (run_cli prints it), not usage + error
     parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="default sizes: the paper's, or a few records")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full",
+                        help="default sizes: the paper's, or a few records")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random draw; a different seed, a different dataset")
     parser.add_argument("--style", choices=("full", "compact"), default="full",
-                        help="prompt style: the paper's wording, or a short one with the same information for tiny models")
+                        help="prompt style: the paper's wording, or a short one with the same information for tiny "
+                        "models")
     parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints", "base"), default=("sokoban", "gpoints"),
-                        help="which files to write; 'base' is the generic corpus of the tiny base model (base/train.jsonl)")
+                        help="which files to write; 'base' is the generic corpus of the tiny base model "
+                        "(base/train.jsonl)")
     group = parser.add_argument_group("sizes (default: set by --scale)")
-    group.add_argument("--sok-train-rooms", type=int, help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
+    group.add_argument("--sok-train-rooms", type=int,
+                       help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
     group.add_argument("--sok-rl-rooms", type=int, help="rooms behind the RL prompt sets")
     group.add_argument("--sok-eval-rooms", type=int, help="rooms per Sokoban evaluation set")
-    group.add_argument("--sok-augment", action="store_true", help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
+    group.add_argument("--sok-augment", action="store_true",
+                       help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
     group.add_argument("--gp-train", type=int, help="records per General Points SFT file")
     group.add_argument("--gp-rl", type=int, help="records per General Points RL file")
     group.add_argument("--gp-eval", type=int, help="problems per General Points evaluation set")
@@ -72,7 +79,8 @@ def parse_args(argv=None):
         raise UserError("--gp-heldout must be between 0 and 1")
     sizes = [k for k in SCALES["full"] if getattr(args, k) < 1]
     if sizes:
-        raise UserError(", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes) + ": sizes must be >= 1")
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes)
+        raise UserError(f"{flags}: sizes must be >= 1")
     return args
 
 
@@ -213,7 +221,8 @@ def gpoints_cot(cards, values, target=24):
         left.remove(Fraction(a))
         left.remove(Fraction(b))
         left.append(Fraction(result))
-        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left " + " ".join(_number(x) for x in left) + ".")
+        numbers_left = " ".join(_number(x) for x in left)
+        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left {numbers_left}.")
     lines.append(f"reached {target}.")
     return " ".join(lines)
 
@@ -263,7 +272,8 @@ def sokoban_eval_sets(args):
         for env in rooms_by_setting[setting]:
             grid = env.render()
             meta = sokoban_meta(variant, grid, env, names, accepted, sok.optimal_actions(env), env.seed, args.style)
-            records.append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+            prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
+            records.append(dict(messages=[prompt], meta=meta))
         sets[variant] = records
     return sets, keys
 
@@ -297,7 +307,8 @@ def sokoban_sft_sets(args, states):
     out = {"train_ans": [], "train_cot": [], "train_diverse_ans": [], "train_diverse_cot": []}
     for grid, env, optimal, solution, seed, symmetry in states:
         for prefix, names in (("train", sok.VOCABS["default"]), ("train_diverse", diverse_names(rng))):
-            meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed,
+                                args.style)
             meta["symmetry"] = symmetry
             prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
             word = names[solution[0]]
@@ -312,9 +323,11 @@ def sokoban_rl_sets(args, states):
     out = {"rl": [], "rl_diverse": []}
     for grid, env, optimal, _, seed, symmetry in states:
         for name, names in (("rl", sok.VOCABS["default"]), ("rl_diverse", diverse_names(rng))):
-            meta = sokoban_meta("train" if name == "rl" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta = sokoban_meta("train" if name == "rl" else "diverse", grid, env, names, names, optimal, seed,
+                                args.style)
             meta["symmetry"] = symmetry
-            out[name].append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+            out[name].append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))],
+                                  meta=meta))
     return out
 
 
@@ -449,7 +462,7 @@ def base_record(rng, style):
         asked = [int(i) for i in rng.permutation(n)[:int(rng.integers(1, n + 1))]]
         pairs = ", ".join(f"{k} is {v}" for k, v in zip(keys, values))
         given, wanted = (values, keys) if kind == 0 else (keys, values)
-        verb = ("which is" if kind == 0 else "what is") if len(asked) == 1 else ("which are" if kind == 0 else "what are")
+        verb = ("which" if kind == 0 else "what") + (" is" if len(asked) == 1 else " are")
         prompt = f"lookup: {pairs}\n{verb} {' '.join(given[i] for i in asked)} ?"
         answer = " ".join(wanted[i] for i in asked)
     elif kind == 2:  # copy a list of tokens

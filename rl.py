@@ -63,47 +63,67 @@ from sft import UserError
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", required=True, help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
-    g.add_argument("--data", required=True, help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
+    g.add_argument("--model", required=True,
+                   help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
+    g.add_argument("--data", required=True,
+                   help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="longest reply in tokens; longer ones are cut (and counted in the log)")
-    g.add_argument("--stop", nargs="*", default=[], help="stop strings that end a reply besides the EOS (default: none, the model learns to stop)")
+    g.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="longest reply in tokens; longer ones are cut (and counted in the log)")
+    g.add_argument("--stop", nargs="*", default=[],
+                   help="stop strings that end a reply besides the EOS (default: none, the model learns to stop)")
     g = p.add_argument_group("algorithm (defaults: the paper's GRPO baseline)")
-    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo", help="group-relative advantages, or a value head with GAE")
+    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo",
+                   help="group-relative advantages, or a value head with GAE")
     g.add_argument("--prompts-per-step", type=int, default=256, help="prompts per step over all ranks")
     g.add_argument("--group-size", type=int, default=8, help="samples per prompt (GRPO needs >= 2)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same one")
     g.add_argument("--clip", type=float, default=0.2, help="clip range of the importance ratio")
-    g.add_argument("--kl-coef", type=float, default=0.0, help="GRPO: weight of the k3 KL to the initial model in the loss; PPO: per-token KL penalty in the reward")
+    g.add_argument("--kl-coef", type=float, default=0.0,
+                   help="GRPO: weight of the k3 KL to the initial model in the loss; PPO: per-token KL penalty in the "
+                   "reward")
     g.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus")
     g.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's samples")
-    g.add_argument("--mini-batch-size", type=int, default=0, help="sequences per optimizer update over all ranks (0: the whole step, one update a pass)")
-    g.add_argument("--adv-eps", type=float, default=1e-6, help="GRPO: added to the group std (a zero-variance group gets advantage 0)")
+    g.add_argument("--mini-batch-size", type=int, default=0,
+                   help="sequences per optimizer update over all ranks (0: the whole step, one update a pass)")
+    g.add_argument("--adv-eps", type=float, default=1e-6,
+                   help="GRPO: added to the group std (a zero-variance group gets advantage 0)")
     g = p.add_argument_group("PPO value head")
     g.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss")
     g.add_argument("--vf-lr", type=float, default=1e-5, help="learning rate of the value head (the trunk keeps --lr)")
-    g.add_argument("--value-clip", type=float, default=0.2, help="clip range of the value update around the sampling-time values")
+    g.add_argument("--value-clip", type=float, default=0.2,
+                   help="clip range of the value update around the sampling-time values")
     g.add_argument("--gamma", type=float, default=1.0, help="discount over response tokens")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-6, help="constant learning rate of the policy")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: no clipping)")
     g.add_argument("--max-steps", type=int, default=200, help="RL steps")
     g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one rank")
-    g.add_argument("--sample-batch-rows", type=int, default=0, help="most rows the sampler decodes at once (0: all of a rank's share)")
+    g.add_argument("--sample-batch-rows", type=int, default=0,
+                   help="most rows the sampler decodes at once (0: all of a rank's share)")
     g = p.add_argument_group("system")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
+                   help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of every sample")
-    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/; an error if there is none")
-    g.add_argument("--overwrite", action="store_true", help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
-    g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
-    g.add_argument("--eval-every", type=int, default=0, help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest OUT/step_N/; an error if there is none")
+    g.add_argument("--overwrite", action="store_true",
+                   help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
     g.add_argument("--eval-data", nargs="*", default=[], help="evaluation JSONL files (make_data.py's eval_*.jsonl)")
     g.add_argument("--eval-limit", type=int, default=16, help="records per evaluation file")
-    g.add_argument("--eval-temperature", type=float, default=0.5, help="sampling temperature of the evaluation (the paper: 0.5)")
-    g.add_argument("--log-every", type=int, default=1, help="print a log line every this many steps (log.jsonl gets every step)")
+    g.add_argument("--eval-temperature", type=float, default=0.5,
+                   help="sampling temperature of the evaluation (the paper: 0.5)")
+    g.add_argument("--log-every", type=int, default=1,
+                   help="print a log line every this many steps (log.jsonl gets every step)")
     return p
 
 
@@ -112,14 +132,19 @@ def check_args(args, world):
     batch = args.prompts_per_step * args.group_size
     mini = args.mini_batch_size or batch
     sft.refuse([
-        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens, args.max_steps) < 1,
-         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps must be >= 1"),
+        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens,
+             args.max_steps) < 1,
+         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps "
+         "must be >= 1"),
         (min(args.mini_batch_size, args.sample_batch_rows, args.save_every, args.stop_after, args.eval_every) < 0,
          "--mini-batch-size, --sample-batch-rows, --save-every, --stop-after and --eval-every must be >= 0"),
         (args.eval_limit < 1 or args.log_every < 1, "--eval-limit and --log-every must be >= 1"),
-        (args.algo == "grpo" and args.group_size < 2, f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
-        (args.prompts_per_step % world, f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
-        (batch % mini, f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
+        (args.algo == "grpo" and args.group_size < 2,
+         f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
+        (args.prompts_per_step % world,
+         f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
+        (batch % mini,
+         f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
         (mini % world, f"--mini-batch-size {mini} must be divisible by the number of ranks {world}"),
         (args.temperature <= 0, "--temperature must be > 0 (log-probs are those of the sampling distribution)"),
         (args.eval_temperature < 0, "--eval-temperature must be >= 0 (0 is greedy)"),
@@ -307,7 +332,7 @@ class Models:
     ref: nn.Module  # the frozen initial model (--kl-coef), or None
     head: nn.Module  # PPO's value head, or None
     policy: Policy  # lm + head in one module
-    model: nn.Module  # policy, DDP-wrapped on several ranks: the loss forward goes through it so its backward all-reduces
+    model: nn.Module  # policy, DDP-wrapped on several ranks (the loss forward goes through it: backward all-reduces)
     params: list  # the trained parameters (lm and head)
     optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer  # or None
@@ -324,7 +349,8 @@ def build_models(args, resume_from, world, local_rank, device):
     policy = Policy(lm, head).eval()
     model = policy
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(policy,
+                                                          device_ids=[local_rank] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **sft.fused_adamw())
     head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -448,10 +474,11 @@ def advantages(batch, args, world, device):
     kl_BR = old_logp_BR - ref_logp_BR if ref_logp_BR is not None else torch.zeros(mask_BR.shape)
     rewards_BR = ppo_token_rewards(score_B, kl_BR, mask_BR, args.kl_coef)
     adv_BR, returns_BR = gae(rewards_BR, batch["old_values_BR"], mask_BR, args.gamma, args.lam)
-    total, total_sq, n_tokens = sft.all_reduce_sum(
-        [masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()], world, device)
+    sums = [masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()]
+    total, total_sq, n_tokens = sft.all_reduce_sum(sums, world, device)
     mean = total / n_tokens
-    return dict(adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR, zero_var=0.0)
+    return dict(adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR,
+                zero_var=0.0)
 
 
 def micro_batch_loss(model, batch, rows, scale, args, pad_id, device):
@@ -545,7 +572,8 @@ def log_row(step, batch, learned, times, signum, n_prompts, args, world, device)
     (first-pass stats per token of the step); and the all-reduced signal flag."""
     stats, grad_norms, ratio_dev_first = learned
     B = len(batch["response"])
-    keys = list(stats) + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens", "signalled"]
+    keys = list(stats) + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens",
+                          "signalled"]
     sums = sft.all_reduce_sum([stats[k] for k in stats] + [
         sum(batch["reward"]), sum(batch["correct"]), sum(batch["lengths"]), sum(batch["truncated"]), B,
         batch["zero_var"] * (B // args.group_size), float(batch["mask_BR"].sum()), signum], world, device)
@@ -673,7 +701,8 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
     local_prompts = args.prompts_per_step // world
     config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
-                  mini_batch_size_resolved=mini, updates_per_step=args.ppo_epochs * (args.prompts_per_step * args.group_size // mini),
+                  mini_batch_size_resolved=mini,
+                  updates_per_step=args.ppo_epochs * (args.prompts_per_step * args.group_size // mini),
                   n_prompts=len(records), n_params=sum(p.numel() for p in models.params),
                   longest_prompt=max(len(p) for p in prompts))
     if master:
@@ -692,7 +721,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     for step in pbar:
         t0 = time.time()
         # 1. rollout: this rank's share of the step's prompts, `group_size` scored replies to each
-        idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:(rank + 1) * local_prompts]
+        idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:][:local_prompts]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
         batch = rollout(models.lm, tokenizer, [prompts[i] for i in idx], [metas[i] for i in idx], args, seed, device,
                         reward_fn, correct_fn)
@@ -757,8 +786,9 @@ class Samples:
     """What `sample` returns; row i is sample i % n of prompt i // n."""
 
     ids: list  # list[list[int]]: generated token ids, ending with the EOS / stop-string token if any
-    texts: list  # list[str] decoded without special tokens and cut after the first stop string; None without a tokenizer
-    logprobs: list  # list[Tensor (len(ids[i]),)] float32 on CPU: log_softmax(logits / temperature) of each token; None unless asked
+    texts: list  # list[str] decoded without special tokens, cut after the first stop string; None without a tokenizer
+    logprobs: list  # list[Tensor (len(ids[i]),)] float32 on CPU: log_softmax(logits / temperature) of each token;
+    #                 None unless asked
     truncated: list  # list[bool]: hit max_new_tokens without an EOS or a stop string
     stop_reason: list  # list[str]: "eos", "stop" (a stop string) or "length"
 
@@ -821,7 +851,8 @@ def _attention_mask(allowed_B1QK, model, dtype):
     if impl == "eager":
         return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
             ~allowed_B1QK, torch.finfo(dtype).min)
-    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with attn_implementation='sdpa'")
+    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with "
+                     "attn_implementation='sdpa'")
 
 
 def sample_tokens(logits_BV, temperature, top_p, generator):

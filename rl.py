@@ -339,6 +339,8 @@ class Models:
 
 
 def build_models(args, resume_from, world, local_rank, device):
+    """The policy (from the checkpoint when resuming), the frozen reference, PPO's value head, the DDP
+    wrapper and the optimizers."""
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
     # whole run, the loss forwards included (autograd does not need train mode), so the forward that
     # computes the loss is the forward that sampled; the sampler puts the model in eval mode anyway.
@@ -395,15 +397,16 @@ def step_prompts(n_records, prompts_per_step, seed, step):
     return out
 
 
-def collate(ro, rows, pad_id, device):
-    """(ids_BT, resp_mask_BT): prompt + response, right-padded; the mask marks response positions."""
-    seqs = [ro["prompt"][i] + ro["response"][i] for i in rows]
+def collate(batch, rows, pad_id, device):
+    """(ids_BT, resp_mask_BT) of rows `rows` of the batch: prompt + response, right-padded; the mask
+    marks response positions."""
+    seqs = [batch["prompt"][i] + batch["response"][i] for i in rows]
     T = max(len(s) for s in seqs)
     ids_BT = torch.full((len(rows), T), pad_id, dtype=torch.long)
     resp_mask_BT = torch.zeros((len(rows), T), dtype=torch.bool)
     for b, (i, s) in enumerate(zip(rows, seqs)):
         ids_BT[b, :len(s)] = torch.tensor(s)
-        resp_mask_BT[b, len(ro["prompt"][i]):len(s)] = True
+        resp_mask_BT[b, len(batch["prompt"][i]):len(s)] = True
     return ids_BT.to(device), resp_mask_BT.to(device)
 
 
@@ -428,15 +431,15 @@ def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correc
     """Sample `group_size` replies per prompt and score them: row i is reply i % K to prompt i // K.
     Returns the batch: per-row lists, the response mask mask_BR and the scores score_B."""
     with sft.autocast_ctx(device, args.dtype):
-        s = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
-                   return_logprobs=True, max_batch_rows=args.sample_batch_rows or None)
+        out = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
+                     return_logprobs=True, max_batch_rows=args.sample_batch_rows or None)
     metas_B = [m for m in metas for _ in range(args.group_size)]
-    lengths = [len(r) for r in s.ids]
-    rewards = [float(reward_fn(t, m)) for t, m in zip(s.texts, metas_B)]
-    return dict(prompt=[p for p in prompts for _ in range(args.group_size)], response=s.ids, text=s.texts,
-                sampler_logp=s.logprobs, truncated=s.truncated, reward=rewards,
-                correct=[bool(correct_fn(t, m)) for t, m in zip(s.texts, metas_B)], lengths=lengths,
+    lengths = [len(r) for r in out.ids]
+    rewards = [float(reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
+    return dict(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
+                sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
+                correct=[bool(correct_fn(t, m)) for t, m in zip(out.texts, metas_B)], lengths=lengths,
                 mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
                 score_B=torch.tensor(rewards, dtype=torch.float32),
                 old_logp_BR=None, ref_logp_BR=None, old_values_BR=None)
@@ -658,10 +661,10 @@ def evaluate_now(lm, tokenizer, args, device, step, batch, correct_fn):
         records = sft.read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
         with sft.autocast_ctx(device, args.dtype):
-            s = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
-                       stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed)
+            texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
+                           stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed).texts
         name = os.path.splitext(os.path.basename(path))[0]
-        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(s.texts, records)]))
+        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(texts, records)]))
         task = records[0]["meta"].get("task") if records else None
         if task in ENV_EVALUATORS:
             variant = records[0]["meta"]["variant"]
@@ -695,7 +698,6 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     tokenizer = sft.load_tokenizer(args.model)  # a missing model is refused before OUT is touched
     sft.prepare_run_dir(args.out, args.overwrite, master, world)
     prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
-    metas = [r["meta"] for r in records]
 
     models = build_models(args, resume_from, world, local_rank, device)
     start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
@@ -723,8 +725,8 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # 1. rollout: this rank's share of the step's prompts, `group_size` scored replies to each
         idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:][:local_prompts]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
-        batch = rollout(models.lm, tokenizer, [prompts[i] for i in idx], [metas[i] for i in idx], args, seed, device,
-                        reward_fn, correct_fn)
+        batch = rollout(models.lm, tokenizer, [prompts[i] for i in idx], [records[i]["meta"] for i in idx], args, seed,
+                        device, reward_fn, correct_fn)
         t_sample = time.time() - t0
         # 2. advantages (after the pre-pass, where the update needs it)
         if prepass:

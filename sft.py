@@ -588,6 +588,14 @@ def run_identity(args, task, n_records):
     return identity
 
 
+def encode_training_data(tokenizer, records, args, verbose):
+    """The (input_ids, loss_mask) examples, refusing data with fewer usable ones than one batch."""
+    examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=verbose)
+    if len(examples) < args.batch_size:
+        raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
+    return examples
+
+
 def tiny_model_tokenizer(model_path, records, args, master, world):
     """--model tiny: rank 0 builds OUT/tiny_init/ once (a tokenizer trained on the records' texts, a
     random-init Qwen2), the other ranks wait; then its tokenizer is loaded like any other model's."""
@@ -743,6 +751,11 @@ def full_value(x):
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
+def log_line(row, total_steps):
+    return (f"step {row['step']}/{total_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
+            f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
+
+
 # -----------------------------------------------------------------------------
 # the training loop
 
@@ -766,9 +779,7 @@ def main(argv=None):
     # data, encoded once; a tiny model is built from it first
     if args.model == "tiny":
         tokenizer = tiny_model_tokenizer(model_path, records + extra_records, args, master, world)
-    examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=master)
-    if len(examples) < args.batch_size:
-        raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
+    examples = encode_training_data(tokenizer, records, args, verbose=master)
     steps_per_epoch = len(examples) // args.batch_size
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
     warmup_steps = math.ceil(args.warmup_ratio * total_steps)
@@ -779,11 +790,10 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     start_step = resume_training(resume_from, model, optimizer, scaler) if resume_from else 0
 
-    accumulation = args.batch_size // (args.micro_batch_size * world)  # micro-batches per rank per step
     config = dict(vars(args), task=task, n_records=len(records), model_path=model_path, resume_from=resume_from,
-                  world_size=world, accumulation=accumulation, total_steps=total_steps, warmup_steps=warmup_steps,
-                  steps_per_epoch=steps_per_epoch, n_examples=len(examples), n_params=n_params,
-                  threads=torch.get_num_threads())
+                  world_size=world, accumulation=args.batch_size // (args.micro_batch_size * world),  # per rank
+                  total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
+                  n_examples=len(examples), n_params=n_params, threads=torch.get_num_threads())
     if master:
         print(json.dumps(config, indent=1))
         print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0, device.type))
@@ -801,7 +811,7 @@ def main(argv=None):
             plans = {epoch: plan_epoch(lengths, args.batch_size, args.micro_batch_size, args.seed, epoch,
                                        not args.no_group_by_length)}
         # the step's global plan holds accum x world micro-batches; rank r takes r, r + world, ...
-        micro_batches = [collate(examples, mb, tokenizer.pad_token_id) for mb in plans[epoch][idx][rank::world]]
+        micro_batches = [collate(examples, rows, tokenizer.pad_token_id) for rows in plans[epoch][idx][rank::world]]
         lr = lr_at(step, total_steps, warmup_steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -817,10 +827,9 @@ def main(argv=None):
                "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_real / dt, "padding_share": 1 - n_real / n_padded,
                "supervised_tokens": int(n_sup), "seconds": dt}
         if master:
-            log_step(args.out, row, pbar, step == start_step or (step + 1) % args.log_every == 0,
-                     f"step {step + 1}/{total_steps} loss {row['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
-                     f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}",
-                     loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            show = step == start_step or (step + 1) % args.log_every == 0
+            log_step(args.out, row, pbar, show, log_line(row, total_steps), loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}",
+                     tok_s=f"{row['tokens_per_s']:.0f}")
         stop = signalled > 0 and step + 1 < total_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < total_steps:
             save_checkpoint(args.out, f"step_{step + 1}", model, tokenizer, optimizer, scaler, step + 1, args, rank)

@@ -67,13 +67,17 @@ def test_sokoban_targets_are_optimal_and_cot_names_the_action(data):
                 assert f"named {meta['names'][action]}." in r["messages"][1]["content"]
 
 
-def test_sokoban_eval_never_overlaps_training_in_any_orientation(data):
-    eval_keys = {sok.canonical_key(r["meta"]["grid"]) for v in SOK_FILES if v.startswith("eval")
-                 for r in load(data, "sokoban", v)}
-    for name in SOK_FILES:
+def assert_eval_never_in_training(data, task, files, key):
+    """No training or RL record has the key (of its meta) of an evaluation record."""
+    eval_keys = {key(r["meta"]) for v in files if v.startswith("eval") for r in load(data, task, v)}
+    for name in files:
         if not name.startswith("eval"):
-            for r in load(data, "sokoban", name):
-                assert sok.canonical_key(r["meta"]["grid"]) not in eval_keys
+            for r in load(data, task, name):
+                assert key(r["meta"]) not in eval_keys
+
+
+def test_sokoban_eval_never_overlaps_training_in_any_orientation(data):
+    assert_eval_never_in_training(data, "sokoban", SOK_FILES, lambda meta: sok.canonical_key(meta["grid"]))
 
 
 def test_sokoban_variants_as_in_the_paper(data):
@@ -124,12 +128,7 @@ def test_gpoints_targets_score_five_and_cot_reaches_target(data):
 
 
 def test_gpoints_eval_hands_never_in_training(data):
-    eval_keys = {gp.hand_key(r["meta"]["cards"]) for v in GP_FILES if v.startswith("eval")
-                 for r in load(data, "gpoints", v)}
-    for name in GP_FILES:
-        if not name.startswith("eval"):
-            for r in load(data, "gpoints", name):
-                assert gp.hand_key(r["meta"]["cards"]) not in eval_keys
+    assert_eval_never_in_training(data, "gpoints", GP_FILES, lambda meta: gp.hand_key(meta["cards"]))
 
 
 def test_gpoints_mappings_as_in_the_paper(data):

@@ -17,9 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import rl  # noqa: E402
 import sft  # noqa: E402
+from test_sft import WORDS  # noqa: E402
 
-WORDS = ("apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver "
-         "meadow").split()
 
 
 def write_toy_prompts(path, n=32, seed=0):

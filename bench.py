@@ -408,7 +408,7 @@ def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
 
 
 def bench_sampler(args):
-    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
+    """rl.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
     eval-size batch of prompts of mixed lengths, sampled at temperature 1 with a set of EOS ids that
     ends rows at mixed steps (a random model rarely says its real EOS); then one greedy round, whose
     outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2

@@ -853,7 +853,7 @@ def main(argv=None):
 #   files         write_atomic (the one atomic file writer), write_json
 #
 # UserError, run_cli and write_atomic are defined in make_data.py, the first stage, which imports no
-# torch; they are imported above and belong here.
+# torch; they are imported at the top of this file and are part of this section.
 # -----------------------------------------------------------------------------
 # errors
 

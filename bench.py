@@ -90,8 +90,9 @@ def _bench_sokoban(args):
         random.seed(args.seed)  # gym-sokoban draws from the global generators
         np.random.seed(args.seed)
         for _ in range(slices):
-            count, seconds = _rate(lambda i: env_sokoban.solve(env_sokoban.generate_room(dim, num_boxes, args.seed + ours[0] + i)),
-                                   args.seconds / slices)
+            count, seconds = _rate(
+                lambda i: env_sokoban.solve(env_sokoban.generate_room(dim, num_boxes, args.seed + ours[0] + i)),
+                args.seconds / slices)
             ours[0], ours[1] = ours[0] + count, ours[1] + seconds
             if room_utils is not None:
                 count, seconds = _rate(lambda i: gym_generate_room(room_utils, dim, num_boxes), args.seconds / slices)
@@ -125,7 +126,8 @@ def _bench_gpoints(args):
         start = time.perf_counter()
         solvable = sum(bool(gp.solve(hand)) for hand in hands)
         seconds = time.perf_counter() - start
-        print(f"GP {name}: {len(hands)} hands ({solvable} solvable) in {seconds:.2f}s = {len(hands) / seconds:.0f} hands solved/s")
+        print(f"GP {name}: {len(hands)} hands ({solvable} solvable) in {seconds:.2f}s = "
+              f"{len(hands) / seconds:.0f} hands solved/s")
 
 
 def bench_envs(args):
@@ -144,14 +146,16 @@ def _sft_synthetic_chats(n, seed):
     import random
     rng = random.Random(seed)
     rules = ["You are a Sokoban solver.", "Push the box onto the target.", "You cannot pull boxes.", "Avoid walls.",
-             "Symbols: # wall, _ floor, O target, X box, P player.", "Each step costs 0.1 points.", "Think first, then answer.",
-             "Where apple is Up, river is Down, stone is Left, tiger is Right.", "Answer inside <answer> </answer> tags."]
+             "Symbols: # wall, _ floor, O target, X box, P player.", "Each step costs 0.1 points.",
+             "Think first, then answer.", "Where apple is Up, river is Down, stone is Left, tiger is Right.",
+             "Answer inside <answer> </answer> tags."]
     chats = []
     for _ in range(n):
         grid = "\n".join(" ".join(rng.choice("#__OXP") for _ in range(6)) for _ in range(6))
         text = " ".join(rng.choices(rules, k=rng.randint(3, 20))) + f"\n{grid}\nDecide the next action."
+        answer = rng.choice(['Up', 'Down', 'Left', 'Right'])
         chats.append({"messages": [{"role": "user", "content": text},
-                                   {"role": "assistant", "content": f"<think> </think> <answer> {rng.choice(['Up', 'Down', 'Left', 'Right'])} </answer>"}]})
+                                   {"role": "assistant", "content": f"<think> </think> <answer> {answer} </answer>"}]})
     return chats
 
 
@@ -159,9 +163,11 @@ def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, lr, out):
     """The peer: a plain transformers Trainer on the same model, examples, batch and padding."""
     import time
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                              TrainingArguments)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in examples]
+    rows = [{"input_ids": ids, "attention_mask": [1] * len(ids),
+             "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in examples]
     counts = {"real": 0, "padded": 0}
     pad = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
 
@@ -179,10 +185,12 @@ def _sft_trainer_run(model_dir, examples, steps, batch, micro, dtype, lr, out):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    targs = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
-                              learning_rate=lr, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.01, warmup_steps=max(1, round(0.1 * steps)),
-                              lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=dtype == "bf16", use_cpu=True, train_sampling_strategy="group_by_length",
-                              save_strategy="no", report_to=[], logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    targs = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=micro,
+                              gradient_accumulation_steps=batch // micro, learning_rate=lr, adam_beta1=0.9,
+                              adam_beta2=0.95, weight_decay=0.01, warmup_steps=max(1, round(0.1 * steps)),
+                              lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=dtype == "bf16", use_cpu=True,
+                              train_sampling_strategy="group_by_length", save_strategy="no", report_to=[],
+                              logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0)
     Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
     (t0, r0, p0), (t1, r1, p1) = marks[0], marks[-1]  # skip the first (warm-up) step
     return (r1 - r0) / (t1 - t0), 1 - (r1 - r0) / (p1 - p0)
@@ -257,8 +265,9 @@ def bench_sft(args):
     seq_len = sum(len(i) ** 2 for i, _ in examples) / n_tokens  # the length a token sees, on average
     flops_per_token = training_flops_per_token(config, seq_len, sum(sum(m) for _, m in examples) / n_tokens)
     print(f"{args.model}: {config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab "
-          f"{config.vocab_size}; {len(examples)} examples of {n_tokens / len(examples):.0f} tokens on average; batch {batch}, "
-          f"micro-batch {micro}, {dtype}, {steps + 1} steps per run (the first not timed), {torch.get_num_threads()} threads; "
+          f"{config.vocab_size}; {len(examples)} examples of {n_tokens / len(examples):.0f} tokens on average; "
+          f"batch {batch}, micro-batch {micro}, {dtype}, {steps + 1} steps per run (the first not timed), "
+          f"{torch.get_num_threads()} threads; "
           f"{flops_per_token / 1e6:.0f} MFLOP per trained token")
     # sft.py as the study runs it (--compile on a pretrained model; the tiny model's steps are too short to pay for it),
     # plain sft.py, and the Trainer; interleaved, so that load from other processes hits all alike
@@ -267,15 +276,19 @@ def bench_sft(args):
     for rnd in range(2):
         for name, extra in variants.items():
             out = os.path.join(tmp, f"sft{rnd}{len(extra)}")
-            sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch), "--micro-batch-size", str(micro),
-                      "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", lr, "--log-every", str(10**6), "--seed", str(args.seed)] + extra)
+            sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch),
+                      "--micro-batch-size", str(micro), "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", lr,
+                      "--log-every", str(10**6), "--seed", str(args.seed)] + extra)
             rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
             tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
             ours[name].append((tps, sum(r["padding_share"] for r in rows) / len(rows)))
-        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, float(lr), os.path.join(tmp, f"hf{rnd}")))
+        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, float(lr),
+                                       os.path.join(tmp, f"hf{rnd}")))
         peaks.append(matmul_peak())
-        print(f"round {rnd + 1}: " + " | ".join(f"{name} {v[-1][0]:,.0f} tokens/s (padding {v[-1][1]:.1%})" for name, v in ours.items())
-              + f" | Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%}) | bf16 matmul {peaks[-1] / 1e9:,.0f} GFLOP/s")
+        print(f"round {rnd + 1}: "
+              + " | ".join(f"{name} {v[-1][0]:,.0f} tokens/s (padding {v[-1][1]:.1%})" for name, v in ours.items())
+              + f" | Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%}) | bf16 matmul "
+              f"{peaks[-1] / 1e9:,.0f} GFLOP/s")
     peak = max(peaks)
     best = {name: max(t for t, _ in v) for name, v in ours.items()}
     best["Trainer"] = max(t for t, _ in theirs)
@@ -304,15 +317,19 @@ def bench_encode(args):
     tok = sft.load_tokenizer(sft.resolve_model(args.model))
 
     def previous(messages):
-        prompt = list(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
+        prompt = list(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
         full = list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
         stops = sft.end_of_turn_ids(tok)
         end = next(i for i, t in enumerate(full[len(prompt):]) if t in stops)
         return full[: len(prompt) + end + 1]
 
-    runs = {"encode_dataset": lambda: [ids for ids, _ in sft.encode_dataset(tok, records, 10 ** 6, False, "records", verbose=False)],
-            "apply_chat_template": lambda: [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False) for r in records],
-            "previous encoding": lambda: [previous(r["messages"]) for r in records[:200]]}  # 200: it takes ~25 ms a record
+    runs = {"encode_dataset":
+            lambda: [ids for ids, _ in sft.encode_dataset(tok, records, 10 ** 6, False, "records", verbose=False)],
+            "apply_chat_template":
+            lambda: [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False) for r in records],
+            # 200 records: the previous encoding takes ~25 ms a record
+            "previous encoding": lambda: [previous(r["messages"]) for r in records[:200]]}
     seconds, outputs = {name: [] for name in runs}, {}
     for _ in range(2):  # interleaved, best of 2
         for name, run in runs.items():
@@ -323,8 +340,9 @@ def bench_encode(args):
     same = sum(a == b[:len(a)] and tok.decode(b[len(a):]).strip() == "" for a, b in zip(ours, full))
     same_previous = sum(a == b for a, b in zip(ours, outputs["previous encoding"]))
     rate = {name: 1 / min(s) for name, s in seconds.items()}
-    print(f"{len(records)} records (compact Sokoban, diverse names), {args.model} tokenizer, {sum(map(len, ours)) / len(ours):.0f} "
-          f"tokens on average; ids equal to apply_chat_template's in {same}/{len(records)}, to the previous encoding's in "
+    print(f"{len(records)} records (compact Sokoban, diverse names), {args.model} tokenizer, "
+          f"{sum(map(len, ours)) / len(ours):.0f} tokens on average; ids equal to apply_chat_template's in "
+          f"{same}/{len(records)}, to the previous encoding's in "
           f"{same_previous}/{len(outputs['previous encoding'])}")
     for name in runs:
         print(f"{name:20s}: {rate[name]:8,.0f} records/s")
@@ -354,7 +372,9 @@ def _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature, n=1)
     n samples per prompt."""
     import torch
     ids_BT, mask_BT = _left_pad(prompts, pad_id)
-    mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    mode = dict(do_sample=False)
+    if temperature > 0:
+        mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     with torch.no_grad():
         out_BT = model.generate(input_ids=ids_BT, attention_mask=mask_BT, max_new_tokens=max_new_tokens,
                                 eos_token_id=eos_ids, pad_token_id=pad_id, num_return_sequences=n, **mode)
@@ -372,7 +392,8 @@ def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
     with torch.no_grad():
         for _ in range(max_new_tokens):
             pos_BT = (mask_BT.cumsum(-1) - 1).clamp(min=0)
-            logits_BV = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_BT, logits_to_keep=1).logits[:, -1]
+            out = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_BT, logits_to_keep=1)
+            logits_BV = out.logits[:, -1]
             if temperature > 0:
                 token_B = torch.multinomial((logits_BV.float() / temperature).softmax(-1), 1, generator=generator)[:, 0]
             else:
@@ -387,7 +408,7 @@ def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
 
 
 def bench_sampler(args):
-    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
+    """rl.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
     eval-size batch of prompts of mixed lengths, sampled at temperature 1 with a set of EOS ids that
     ends rows at mixed steps (a random model rarely says its real EOS); then one greedy round, whose
     outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2
@@ -399,7 +420,7 @@ def bench_sampler(args):
 
     import torch
 
-    from eval import sample
+    from rl import sample
     from sft import build_tiny_model, load_model, load_tokenizer
 
     if args.model == "tiny":
@@ -407,7 +428,8 @@ def bench_sampler(args):
         torch.set_num_threads(1)
         rng = random.Random(args.seed)
         # enough distinct made-up words for a ~2k-token BPE vocabulary
-        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+                 for _ in range(3000)]
         texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_model(tmp + "/tiny", texts)
@@ -427,8 +449,8 @@ def bench_sampler(args):
         prompts = encode_prompts(tok, [r["messages"][:1] for r in records])
         eos_ids = sorted(end_of_turn_ids(tok))
         lengths = sorted(map(len, prompts))
-        what = (f"{args.model} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; {n_prompts} Sokoban "
-                f"prompts of {lengths[0]}-{lengths[-1]} tokens")
+        what = (f"{args.model} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; "
+                f"{n_prompts} Sokoban prompts of {lengths[0]}-{lengths[-1]} tokens")
     n_params = sum(p.numel() for p in model.parameters())
     pad_id = tok.pad_token_id
     temperature = 1.0
@@ -437,7 +459,8 @@ def bench_sampler(args):
           f"{len(eos_ids)} EOS ids")
 
     def ours(ps, temp, n=1):
-        return sample(model, ps, n=n, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=args.seed).ids
+        return sample(model, ps, n=n, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                      seed=args.seed).ids
 
     runs = {
         "sampler": lambda: ours(prompts, temperature),
@@ -448,8 +471,8 @@ def bench_sampler(args):
     group = 8  # rl.py's rollouts: a group of samples per prompt, the prompt prefilled once by the sampler
     if args.model != "tiny":
         runs["sampler, groups"] = lambda: ours(prompts[:n_prompts // group], temperature, group)
-        runs["generate, groups"] = lambda: _generate(model, prompts[:n_prompts // group], max_new_tokens, eos_ids, pad_id,
-                                                     temperature, group)
+        runs["generate, groups"] = lambda: _generate(model, prompts[:n_prompts // group], max_new_tokens, eos_ids,
+                                                     pad_id, temperature, group)
     rates, outputs = {name: [] for name in runs}, {}
 
     def timed(name, run, label):
@@ -476,8 +499,8 @@ def bench_sampler(args):
           f"(sampler there: {median['sampler, subset']:.0f})")
     print(f"sampler vs no cache: {median['sampler, subset'] / median['no cache, subset']:.2f}x (same subset)")
     if "sampler, groups" in median:
-        print(f"groups of {group} samples per prompt ({n_prompts // group} prompts, as rl.py samples): sampler vs generate "
-              f"{median['sampler, groups'] / median['generate, groups']:.2f}x")
+        print(f"groups of {group} samples per prompt ({n_prompts // group} prompts, as rl.py samples): "
+              f"sampler vs generate {median['sampler, groups'] / median['generate, groups']:.2f}x")
     print(f"sampler vs generate: {median['sampler'] / median['generate']:.2f}x")
 
 
@@ -486,7 +509,8 @@ def bench_sampler(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["envs", "sft", "encode", "sampler"], help="which benchmark to run")
-    parser.add_argument("--model", default=None, help="sft / sampler: 'tiny' (default), 'smollm2' or a model directory; "
+    parser.add_argument("--model", default=None,
+                        help="sft / sampler: 'tiny' (default), 'smollm2' or a model directory; "
                         "encode: the tokenizer's model (default smollm2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")

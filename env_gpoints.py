@@ -479,7 +479,8 @@ def deal_train(rng, mapping="all10", num_cards=4, exclude=frozenset(), target=24
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cards", nargs="+", default=None,
-                        help="solve this hand: ranks A (or 1), 2-10, J, Q, K (any case) and 14-19, e.g. 3 3 8 8 or A J 5 K")
+                        help="solve this hand: ranks A (or 1), 2-10, J, Q, K (any case) and 14-19, "
+                        "e.g. 3 3 8 8 or A J 5 K")
     parser.add_argument("--mapping", default="all10", choices=sorted(MAPPINGS), help="face-card mapping for --cards")
     parser.add_argument("--target", type=int, default=24, help="the number to reach")
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo deals")
@@ -488,7 +489,9 @@ if __name__ == "__main__":
         args.cards = ["A" if c == "1" else c.upper() for c in args.cards]  # 1 is the ace's value: accept it as its name
         unknown = [c for c in args.cards if c not in ALL_RANKS]
         if unknown:
-            parser.exit(2, f"env_gpoints.py: error: unknown card {' '.join(unknown)}: the cards are {' '.join(ALL_RANKS)} (or 1 for A)\n")
+            parser.exit(2,
+                        f"env_gpoints.py: error: unknown card {' '.join(unknown)}: the cards are {' '.join(ALL_RANKS)} "
+                        "(or 1 for A)\n")
         values = hand_values(args.cards, args.mapping)
         solutions = solve(values, args.target)
         print(f"{args.cards} -> {values}: {len(solutions)} distinct solutions")
@@ -500,5 +503,7 @@ if __name__ == "__main__":
             cards = deal(name, rng, target=args.target)
             values = hand_values(cards, spec["scored"])
             formula = solve_one(values, args.target)
-            reply = "<think></think>" + json.dumps({"cards": cards, "number": values, "formula": f"{formula} = {args.target}"})
-            print(f"{name:8s} {cards} shown {spec['shown']:8s} scored {values}: {formula}  score {score(reply, values, args.target)}")
+            reply = "<think></think>" + json.dumps({"cards": cards, "number": values,
+                                                    "formula": f"{formula} = {args.target}"})
+            print(f"{name:8s} {cards} shown {spec['shown']:8s} scored {values}: {formula}  score "
+                  f"{score(reply, values, args.target)}")

@@ -99,7 +99,8 @@ class SokobanEnv:
         if len(players) != 1 or not boxes or len(boxes) != len(targets):
             raise ValueError("a room needs one player, at least one box, and as many targets as boxes")
         env = cls(dim=(len(rows), len(rows[0])), num_boxes=len(boxes), max_steps=max_steps)
-        env.walls, env.targets, env.boxes, env.player = frozenset(walls), frozenset(targets), tuple(sorted(boxes)), players[0]
+        env.walls, env.targets = frozenset(walls), frozenset(targets)
+        env.boxes, env.player = tuple(sorted(boxes)), players[0]
         return env
 
     def copy(self):
@@ -384,7 +385,8 @@ def _search(env, max_depth, all_first_moves):
                 beyond = ahead + step
                 if not open_cell[beyond] or beyond in boxes or push_distance[beyond] is None:
                     continue
-                child_boxes = (beyond,) if len(boxes) == 1 else tuple(sorted(beyond if b == ahead else b for b in boxes))
+                moved = (beyond if b == ahead else b for b in boxes)
+                child_boxes = (beyond,) if len(boxes) == 1 else tuple(sorted(moved))
                 child_pushes = pushes - push_distance[ahead] + push_distance[beyond]
                 h = child_pushes  # the player now stands next to the pushed box
             else:

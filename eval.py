@@ -1,396 +1,38 @@
-"""Evaluation: a KV-cached batched sampler (shared with rl.py), then the evaluator of the paper's tables.
-
-The sampler is a decode loop written here, not `model.generate`: each distinct prompt is
-prefilled once (left padding, an attention mask and per-row position ids), its K/V are copied
-to the n samples of its group, then every row decodes one token a step from a preallocated
-cache; finished rows are dropped from the batch as they accumulate. Greedy output is
-token-for-token the output of `model.generate(do_sample=False)` (tests/test_eval.py).
-
-    from eval import sample
-    out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
-                 stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
-    out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
-
-    python bench.py sampler     # tokens/s vs model.generate and vs decoding without a cache
-
-The evaluator plays the study's test sets with that sampler and prints the paper's Table 1 row:
+"""Evaluation: the study's test sets played with rl.py's KV-cached sampler, and the paper's Table 1.
 
     python eval.py --model runs/sok-ans/final --task sokoban --data data              # 8 variants x 100 rooms
     python eval.py --model runs/gp-ans/final --task gpoints --data data --out gp.json   # 8 variants x 500 hands
     python eval.py --model runs/sok-ans/final --task sokoban --limit 20 --temperature 0  # quick and greedy
     python eval.py --sweep runs/sok-ans --task sokoban --out sweep.json                  # best step_N (mean w/o Fake)
-    python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 --out data/sokoban/train_distilled_cot.jsonl
+    python eval.py --report results/*.json --task sokoban --plot table1.png             # one table from --out files
+    python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 \
+        --out data/sokoban/train_distilled_cot.jsonl                                   # CoT targets from a teacher
 
 Sokoban is multi-turn as in the paper: each turn the model sees only the current state (rendered
 by make_data.sokoban_prompt in the style it was trained on) and answers one action; an answer the
 environment does not accept moves nothing but uses a turn; 30 turns. `valid` is the per-episode
 share of accepted answers, averaged over episodes (an episode without one counts 0).
 
-Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
-and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
+The sampler (`sample`, `KVCache`, ...) and the rewards (`reward`, `is_correct`) live in rl.py, in
+its section "Rollouts: the KV-cache sampler"; they are re-exported here, so `eval.sample` works.
 """
 import argparse
-import inspect
 import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import env_gpoints
 import env_sokoban
 import make_data
-from sft import UserError, check_out_dir, encode_prompts, load_model, load_tokenizer, read_jsonl, refuse, resolve_model, trained_style
-
-# -----------------------------------------------------------------------------
-# Sampler: a preallocated KV cache, a batched prefill, a one-token-a-step decode loop
-
-
-@dataclass
-class Samples:
-    """What `sample` returns; row i is sample i % n of prompt i // n."""
-
-    ids: list  # list[list[int]]: generated token ids, ending with the EOS / stop-string token if any
-    texts: list  # list[str] decoded without special tokens and cut after the first stop string; None without a tokenizer
-    logprobs: list  # list[Tensor (len(ids[i]),)] float32 on CPU: log_softmax(logits / temperature) of each token; None unless asked
-    truncated: list  # list[bool]: hit max_new_tokens without an EOS or a stop string
-    stop_reason: list  # list[str]: "eos", "stop" (a stop string) or "length"
-
-
-class KVCache:
-    """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
-
-    Left padding aligns all rows, so every row writes its next token at the same column `length`
-    and attention reads columns [0, length); padding is hidden by the attention mask. Hugging Face
-    attention layers call `update` with the new K/V; the decode loop advances `length`.
-    Buffers are allocated on the first write, from the shapes the model produces.
-    """
-
-    def __init__(self, batch_size, max_len):
-        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
-        self.k_BHTD, self.v_BHTD = [], []  # one buffer per layer
-
-    def _alloc(self, layer_idx, like_BHTD):
-        while len(self.k_BHTD) <= layer_idx:
-            _, H, _, D = like_BHTD.shape
-            shape = (self.batch_size, H, self.max_len, D)
-            # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
-            # memory can hold inf/NaN (0 * inf = NaN)
-            self.k_BHTD.append(like_BHTD.new_zeros(shape))
-            self.v_BHTD.append(like_BHTD.new_zeros(shape))
-
-    def update(self, k_BHTD, v_BHTD, layer_idx, *args, **kwargs):
-        self._alloc(layer_idx, k_BHTD)
-        start, end = self.length, self.length + k_BHTD.shape[2]
-        self.k_BHTD[layer_idx][:, :, start:end] = k_BHTD
-        self.v_BHTD[layer_idx][:, :, start:end] = v_BHTD
-        return self.k_BHTD[layer_idx][:, :, :end], self.v_BHTD[layer_idx][:, :, :end]
-
-    def insert(self, other, rows, cols, repeats):
-        """Copy `other`'s filled columns into rows `rows` and columns `cols`, each row `repeats` times
-        (one prefilled prompt -> the n samples of its group, without re-running the prompt)."""
-        for layer_idx, (k_bHTD, v_bHTD) in enumerate(zip(other.k_BHTD, other.v_BHTD)):
-            self._alloc(layer_idx, k_bHTD)
-            b, H, T, D = k_bHTD.shape
-            self.k_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = k_bHTD[:, None]
-            self.v_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = v_bHTD[:, None]
-
-    def keep(self, rows_R):
-        """Keep only rows `rows_R` (drop finished samples so they stop costing compute)."""
-        self.k_BHTD = [k[rows_R] for k in self.k_BHTD]
-        self.v_BHTD = [v[rows_R] for v in self.v_BHTD]
-        self.batch_size = len(rows_R)
-
-
-def _cache_kwarg(model):
-    # transformers 5.x renamed `past_key_values` to `cache`; accept both spellings
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _attention_mask(allowed_B1QK, model, dtype):
-    """A 4-D mask the model uses as is: boolean for SDPA, additive (0 / -big) for eager attention."""
-    impl = getattr(model.config, "_attn_implementation", "eager")
-    if impl == "sdpa":
-        return allowed_B1QK
-    if impl == "eager":
-        return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
-            ~allowed_B1QK, torch.finfo(dtype).min)
-    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with attn_implementation='sdpa'")
-
-
-def sample_tokens(logits_BV, temperature, top_p, generator):
-    """Next token of every row and its log-prob under log_softmax(logits / temperature)
-    (log_softmax(logits) for greedy, temperature 0). Top-p truncates what is sampled from; the
-    returned log-prob is the untruncated one, which is what a trainer recomputes."""
-    logits_BV = logits_BV.float()
-    if temperature == 0:
-        logp_BV = F.log_softmax(logits_BV, dim=-1)
-        token_B = logits_BV.argmax(dim=-1)
-    else:
-        logp_BV = F.log_softmax(logits_BV / temperature, dim=-1)
-        probs_BV = logp_BV.exp()
-        if top_p < 1.0:
-            sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-            # keep the smallest top set whose mass reaches top_p (always the most likely token)
-            drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
-            probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
-        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
-    return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
-
-
-class _StopStrings:
-    """Per-row stop-string check that stays cheap: only rows whose new token could complete a stop
-    string (its text holds a stop string's last character, or a partial UTF-8 byte) decode the
-    last few tokens of their reply."""
-
-    _may_end = {}  # (tokenizer id, vocab size, stop strings) -> bool per token id, computed once
-
-    def __init__(self, stop_strings, tokenizer, vocab_size, device):
-        self.stop_strings, self.tokenizer = list(stop_strings), tokenizer
-        # every token holds at least one byte, so this many tokens always cover a stop string
-        self.tail = max(len(s.encode()) for s in self.stop_strings) + 1
-        key = (id(tokenizer), len(tokenizer), vocab_size, tuple(self.stop_strings))
-        if key not in self._may_end:
-            last_chars = {s[-1] for s in self.stop_strings} | {"\ufffd"}
-            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-            flags = [any(c in t for c in last_chars) for t in texts]
-            flags += [True] * (vocab_size - len(flags))  # ids the tokenizer lacks: check them anyway
-            self._may_end[key] = torch.tensor(flags)
-        self.may_end_V = self._may_end[key].to(device)
-
-    def hits(self, token_B, out_BN, rows, n_new):
-        """Batch rows whose reply (row `rows[r]` of out_BN, n_new tokens so far) now holds a stop string."""
-        cand = self.may_end_V[token_B].nonzero().squeeze(-1).tolist()
-        if not cand:
-            return []
-        tails = out_BN[[rows[r] for r in cand], max(0, n_new - self.tail):n_new].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return [r for r, t in zip(cand, texts) if any(s in t for s in self.stop_strings)]
-
-
-def cut_at_stop(text, stop_strings):
-    """Text up to and including the first stop string that ends in it."""
-    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
-    return text[:min(ends)] if ends else text
-
-
-def _default_eos_ids(model, tokenizer):
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
-def shared_prefix_len(prompt_ids):
-    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
-    instructions), kept one short of the shortest prompt so every row has a token of its own."""
-    if len(prompt_ids) < 2:
-        return 0
-    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
-    for other in prompt_ids[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return n
-
-
-def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device):
-    """Run a chunk of prompts; returns its KVCache, its (b, T) mask of real columns and the
-    next-token logits (b, V) in float32.
-
-    Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
-    row), then each prompt's own suffix, left-padded to the longest suffix. Position ids count real
-    tokens only, so a row's keys are the ones it would get alone; attention ignores padding, and a
-    padding query attends to itself only, so its (unused) states stay finite.
-    """
-    P = shared_prefix_len(prompt_ids)
-    suffixes = [p[P:] for p in prompt_ids]
-    b, Ts = len(prompt_ids), max(map(len, suffixes))
-    chunk_cache = KVCache(b, P + Ts)
-    if P > 0:
-        prefix_cache = KVCache(1, P)
-        allowed_11PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None, None]
-        model(input_ids=torch.tensor([prompt_ids[0][:P]], device=device),
-              attention_mask=_attention_mask(allowed_11PP, model, dtype),
-              position_ids=torch.arange(P, device=device)[None], use_cache=True, logits_to_keep=1,
-              **{cache_kw: prefix_cache})
-        chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
-        chunk_cache.length = P
-    ids_bT = torch.tensor([[0] * (Ts - len(s)) + list(s) for s in suffixes], device=device)
-    real_bT = torch.arange(Ts, device=device)[None, :] >= torch.tensor([Ts - len(s) for s in suffixes],
-                                                                      device=device)[:, None]
-    pos_bT = P + (real_bT.long().cumsum(-1) - 1).clamp(min=0)
-    causal_TT = torch.ones(Ts, Ts, dtype=torch.bool, device=device).tril()
-    own_bTT = (causal_TT & real_bT[:, None, :]) | torch.eye(Ts, dtype=torch.bool, device=device)
-    prefix_bTP = real_bT[:, :, None].expand(b, Ts, P)  # real queries see the whole shared prefix
-    allowed_b1TK = torch.cat([prefix_bTP, own_bTT], dim=-1)[:, None]
-    out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TK, model, dtype), position_ids=pos_bT,
-                use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
-    valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bT], dim=-1)
-    return chunk_cache, valid_bT, out.logits[:, -1].float()
-
-
-@torch.no_grad()
-def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_ids, stopper, generator,
-                  prefill_tokens, drop_fraction):
-    """Decode n samples of each prompt in one batch; returns (ids, logprobs, reasons) per row."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cache_kw = _cache_kwarg(model)
-    lens = [len(p) for p in prompt_ids]
-    T0 = max(lens)  # every prompt ends at column T0 - 1; generated tokens follow in lockstep
-    B = len(prompt_ids) * n
-    cache = KVCache(B, T0 + max_new_tokens)
-    valid_BT = torch.zeros(B, T0 + max_new_tokens, dtype=torch.bool, device=device)  # real tokens, per row
-
-    # prefill: chunks of prompts, each right-aligned at T0; the chunk's shared prefix is run once
-    first_logits = []
-    start = 0
-    while start < len(prompt_ids):
-        stop = start + 1
-        while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
-            stop += 1
-        chunk_cache, valid_bT, logits_bV = _prefill_chunk(model, prompt_ids[start:stop], cache_kw, dtype, device)
-        rows, cols = slice(start * n, stop * n), slice(T0 - chunk_cache.max_len, T0)
-        cache.insert(chunk_cache, rows, cols, n)
-        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
-        first_logits.append(logits_bV.repeat_interleave(n, dim=0))
-        start = stop
-    cache.length = T0
-    logits_BV = torch.cat(first_logits)
-
-    # decode: one token a step for every row still in the batch
-    pos_B = torch.tensor(lens, device=device).repeat_interleave(n)
-    rows = list(range(B))  # batch row -> sample index (host copy of row_B)
-    row_B = torch.arange(B, device=device)
-    alive_B = torch.ones(B, dtype=torch.bool, device=device)  # finished rows linger until dropped
-    out_BN = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    logp_BN = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
-    eos_E = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    n_gen = [max_new_tokens] * B
-    reasons = ["length"] * B
-    for step in range(max_new_tokens):
-        token_B, logp_B = sample_tokens(logits_BV, temperature, top_p, generator)
-        out_BN[row_B, step] = token_B
-        logp_BN[row_B, step] = logp_B
-        ended_B = torch.isin(token_B, eos_E) & alive_B
-        alive_B &= ~ended_B
-        for r in ended_B.nonzero().squeeze(-1).tolist():
-            n_gen[rows[r]], reasons[rows[r]] = step + 1, "eos"
-        if stopper is not None:
-            for r in stopper.hits(token_B, out_BN, rows, step + 1):
-                if reasons[rows[r]] == "length":
-                    n_gen[rows[r]], reasons[rows[r]] = step + 1, "stop"
-                    alive_B[r] = False
-        n_alive = int(alive_B.sum())
-        if n_alive == 0 or step == max_new_tokens - 1:
-            break
-        n_dead = len(rows) - n_alive
-        if n_dead > 0 and n_dead >= drop_fraction * len(rows):
-            keep_R = alive_B.nonzero().squeeze(-1)
-            cache.keep(keep_R)
-            valid_BT, pos_B, row_B, token_B = valid_BT[keep_R], pos_B[keep_R], row_B[keep_R], token_B[keep_R]
-            alive_B = alive_B[keep_R]
-            rows = row_B.tolist()
-        L = cache.length
-        valid_BT[:, L] = True
-        # contiguous: SDPA on CPU is ~1.5x slower with a strided mask
-        mask_B11T = _attention_mask(valid_BT[:, None, None, :L + 1].contiguous(), model, dtype)
-        out = model(input_ids=token_B[:, None], attention_mask=mask_B11T, position_ids=pos_B[:, None],
-                    use_cache=True, **{cache_kw: cache})
-        cache.length += 1
-        pos_B += 1
-        logits_BV = out.logits[:, -1]
-
-    out_BN, logp_BN = out_BN.cpu(), logp_BN.cpu()
-    ids = [out_BN[i, :n_gen[i]].tolist() for i in range(B)]
-    logprobs = [logp_BN[i, :n_gen[i]].clone() for i in range(B)]
-    return ids, logprobs, reasons
-
-
-def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
-           stop_strings=(), tokenizer=None, seed=0, return_logprobs=False, max_batch_rows=None,
-           prefill_tokens=None, drop_fraction=0.25):
-    """Sample n replies to each prompt (lists of token ids, e.g. a chat-templated prompt).
-
-    temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any of `eos_ids`
-    (default: the model's generation config, else the tokenizer's EOS) or once its decoded reply
-    contains one of `stop_strings` (needs `tokenizer`), else after `max_new_tokens`. Seeded with
-    a local generator: the same call gives the same samples whatever the global RNG state.
-    `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
-    `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
-    GPU); rows are dropped from the batch
-    once `drop_fraction` of it has finished. The model is put in eval mode and restored after.
-    Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
-    """
-    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need n >= 1, max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
-                         f"(got {n}, {max_new_tokens}, {temperature}, {top_p})")
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("every prompt needs at least one token")
-    if stop_strings and tokenizer is None:
-        raise ValueError("stop_strings need a tokenizer")
-    layer_types = getattr(model.config, "layer_types", None) or []
-    if any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"sample() supports full attention only, the model has layer types {set(layer_types)}")
-    eos_ids = _default_eos_ids(model, tokenizer) if eos_ids is None else list(eos_ids)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    vocab_size = max(model.get_output_embeddings().weight.shape[0], len(tokenizer) if tokenizer is not None else 0)
-    if prefill_tokens is None:  # small chunks stay in a CPU's caches; a GPU wants big ones
-        prefill_tokens = 2048 if device.type == "cpu" else 16384
-    stopper = _StopStrings(stop_strings, tokenizer, vocab_size, device) if stop_strings else None
-    per_batch = len(prompt_ids) if max_batch_rows is None else max(1, max_batch_rows // n)
-
-    # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
-        for start in range(0, len(order), per_batch):
-            batch = [prompt_ids[i] for i in order[start:start + per_batch]]
-            results += zip(*_sample_batch(model, batch, n, max_new_tokens, temperature, top_p, eos_ids, stopper,
-                                          generator, prefill_tokens, drop_fraction))
-    finally:
-        model.train(was_training)
-    rank = {p: r for r, p in enumerate(order)}
-    ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
-    ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)
-    texts = None
-    if tokenizer is not None:
-        texts = [cut_at_stop(t, stop_strings) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return Samples(ids=ids, texts=texts, logprobs=logprobs if return_logprobs else None,
-                   truncated=[r == "length" for r in reasons], stop_reason=reasons)
-
-
-
-
-# -----------------------------------------------------------------------------
-# Rewards of one reply, from the environments' own functions (used by the evaluator, the
-# distillation filter and rl.py; nothing else scores a reply)
-
-
-def reward(reply, meta):
-    """The study's reward for one reply to a prompt record's `meta`.
-    Sokoban (single step, as the paper's RL): 1.0 if the reply is well formed (a think block, then
-    the answer) and names one of the state's optimal moves in the vocabulary the environment
-    accepts, else 0.0. General Points: env_gpoints.score, +5 / -1 / -2 / -3."""
-    if meta["task"] == "sokoban":
-        action = env_sokoban.parse_answer(reply, meta["accepted"])
-        well_formed = "</think>" in reply and reply.find("</think>") < reply.rfind("<answer>")
-        return 1.0 if well_formed and action in meta["optimal"] else 0.0
-    if meta["task"] == "gpoints":
-        return float(env_gpoints.score(reply, meta["values"], meta["target"]))
-    raise ValueError(f"unknown task {meta['task']!r}")
-
-
-def is_correct(reply, meta):
-    """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
-    return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))
-
+import sft
+from rl import (KVCache, Samples, cut_at_stop, is_correct, reward, sample, sample_tokens,  # noqa: F401  (re-exported)
+                shared_prefix_len)
+from sft import (UserError, check_out_dir, encode_prompts, load_model, load_tokenizer, read_jsonl, refuse,  # noqa: F401
+                 resolve_model, trained_style, write_json)
 
 # -----------------------------------------------------------------------------
 # Evaluator: multi-turn Sokoban and one-shot General Points on the study's test sets
@@ -420,11 +62,8 @@ def load_eval_sets(data_dir, task, variants, limit=None):
     """{variant: records} from DATA/TASK/eval_VARIANT.jsonl, the first `limit` records of each."""
     sets = {}
     for variant in variants:
-        path = os.path.join(data_dir, task, f"eval_{variant}.jsonl")
-        records = read_jsonl(path)
-        for line_no, record in enumerate(records, 1):
-            if not isinstance(record, dict) or "meta" not in record or record["meta"].get("task") != task:
-                raise UserError(f"{path}:{line_no}: not a {task} evaluation record (make_data.py writes them)")
+        records = read_jsonl(os.path.join(data_dir, task, f"eval_{variant}.jsonl"),
+                             check=lambda record: sft.check_prompt_record(record, task))
         sets[variant] = records[:limit] if limit else records
     return sets
 
@@ -434,7 +73,8 @@ class Episode:
 
     def __init__(self, variant, record, max_turns):
         meta = record["meta"]
-        self.variant, self.names, self.accepted, self.style = variant, meta["names"], meta["accepted"], meta.get("style", "full")
+        self.variant, self.names, self.accepted = variant, meta["names"], meta["accepted"]
+        self.style = meta.get("style", "full")
         self.env = env_sokoban.SokobanEnv.from_text(meta["grid"], max_steps=max_turns)
         self.start = meta["grid"]
         self.turns = self.valid = self.effective = 0
@@ -517,10 +157,54 @@ def evaluate_gpoints(replies, sets, *, seed=0, show=2, progress=True):
     return results
 
 
+def evaluate_base(replies, sets, *, seed=0, show=2):
+    """The tiny base model's skills (make_data.py --tasks base), one column per kind (copy,
+    lookup-key, lookup-value, arithmetic) of the held-out records in sets["base"]: success = the
+    answer tag's words equal the reference's, valid = the reply has exactly one answer tag."""
+    records = sets["base"]
+    texts = replies([r["messages"][0]["content"] for r in records], seed)
+    results = {}
+    for record, text in zip(records, texts):
+        m = results.setdefault(record["meta"]["kind"], dict(n=0, success=0, valid=0, replies=[]))
+        answer, want = (env_sokoban.answer_tag(t, max_chars=None) for t in (text, record["messages"][1]["content"]))
+        m["n"] += 1
+        m["valid"] += answer is not None
+        m["success"] += answer is not None and answer.split() == want.split()
+        if len(m["replies"]) < show:
+            m["replies"].append(dict(prompt=record["messages"][0]["content"], reply=text))
+    for m in results.values():
+        m["success_ci"] = wilson_interval(m["success"], m["n"])
+        m["success"], m["valid"] = m["success"] / m["n"], m["valid"] / m["n"]
+    return results
+
+
+ENV_EVALUATORS = {"sokoban": evaluate_sokoban, "gpoints": evaluate_gpoints}  # what rl.py --eval-every runs too
+
+
+def evaluate_model(args, model_path, sets):
+    model = load_model(model_path, args.dtype, args.device)
+    tokenizer = load_tokenizer(model_path)
+    style = trained_style(model_path)
+    data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
+    if style and data_style and style != data_style:
+        print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
+    replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows,
+                            stop_strings=STOP_STRINGS[args.task])
+    if args.task == "sokoban":
+        return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
+    if args.task == "base":
+        return evaluate_base(replies, sets, seed=args.seed, show=args.show)
+    return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
+
+
 def average_except_fake(results):
     """The paper's checkpoint-selection score: mean success over every column but Fake."""
     scores = [m["success"] for v, m in results.items() if v != "fake"]
     return sum(scores) / max(len(scores), 1)
+
+# -----------------------------------------------------------------------------
+# Reports: Table 1 as Markdown and as a figure, from the JSON files of several runs
 
 
 def format_table(results, title=""):
@@ -559,12 +243,14 @@ def format_report(task, rows):
         paper = PAPER_TABLE1[task].get(label)
         if paper:
             mean = sum(paper[:-1]) / (len(paper) - 1)
-            lines.append(f"| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
+            lines.append("| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
     if all("values_read" in m for _, results in rows for m in results.values()):
-        lines += ["", "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
+        lines += ["",
+                  "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
                   "| method | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
         for label, results in rows:
-            lines.append(f"| {label} | " + " | ".join(f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants) + " |")
+            cells = [f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -586,7 +272,8 @@ def plot_report(task, rows, path):
         width = 0.4 if paper else 0.6
         ax.bar([i - (width / 2 if paper else 0) for i in x], ours, width, label="this run", color="tab:blue")
         if paper:
-            ax.bar([i + width / 2 for i in x], paper, width, label="paper", color="lightgray", edgecolor="gray", hatch="//")
+            ax.bar([i + width / 2 for i in x], paper, width, label="paper", color="lightgray", edgecolor="gray",
+                   hatch="//")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("success")
         ax.set_title(label, loc="left", fontsize=10)
@@ -594,10 +281,8 @@ def plot_report(task, rows, path):
     axes[0, 0].legend(loc="upper right", fontsize=8, ncol=2)
     axes[-1, 0].set_xticks(list(x), variants)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    make_data.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def read_report_rows(task, paths):
@@ -617,63 +302,19 @@ def read_report_rows(task, paths):
             skipped.append(path)
             continue
         if saved["task"] != task:
-            raise UserError(f"{path} holds {saved['task']} results, not {task} ones: pass --task {saved['task']} or other files")
+            raise UserError(f"{path} holds {saved['task']} results, not {task} ones: pass --task {saved['task']} or "
+                            "other files")
         if "curve" in saved:  # an --sweep file: its best checkpoint is the row
             results = next(c["results"] for c in saved["curve"] if c["path"] == saved["best"])
         else:
             results = saved["variants"]
         rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], results))
     if skipped:
-        print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the table", file=sys.stderr)
+        print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the "
+              "table", file=sys.stderr)
     if not rows:
         raise UserError(f"no {task} results among the --report files")
     return rows
-
-
-def write_json(path, obj):
-    """Atomically (tmp file + rename): an interrupted run never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def evaluate_model(args, model_path, sets):
-    model = load_model(model_path, args.dtype, args.device)
-    tokenizer = load_tokenizer(model_path)
-    style = trained_style(model_path)
-    data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
-    if style and data_style and style != data_style:
-        print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
-    replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, batch_rows=args.batch_rows, stop_strings=STOP_STRINGS[args.task])
-    if args.task == "sokoban":
-        return evaluate_sokoban(replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
-    if args.task == "base":
-        return evaluate_base(replies, sets, seed=args.seed, show=args.show)
-    return evaluate_gpoints(replies, sets, seed=args.seed, show=args.show)
-
-
-def evaluate_base(replies, sets, *, seed=0, show=2):
-    """The tiny base model's skills (make_data.py --tasks base), one column per kind (copy,
-    lookup-key, lookup-value, arithmetic) of the held-out records in sets["base"]: success = the
-    answer tag's words equal the reference's, valid = the reply has exactly one answer tag."""
-    records = sets["base"]
-    texts = replies([r["messages"][0]["content"] for r in records], seed)
-    results = {}
-    for record, text in zip(records, texts):
-        m = results.setdefault(record["meta"]["kind"], dict(n=0, success=0, valid=0, replies=[]))
-        answer, want = (env_sokoban.answer_tag(t, max_chars=None) for t in (text, record["messages"][1]["content"]))
-        m["n"] += 1
-        m["valid"] += answer is not None
-        m["success"] += answer is not None and answer.split() == want.split()
-        if len(m["replies"]) < show:
-            m["replies"].append(dict(prompt=record["messages"][0]["content"], reply=text))
-    for m in results.values():
-        m["success_ci"] = wilson_interval(m["success"], m["n"])
-        m["success"], m["valid"] = m["success"] / m["n"], m["valid"] / m["n"]
-    return results
 
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher
@@ -695,55 +336,71 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
             good = next((r for r in replies if is_correct(r, record["meta"])), None)
             if good is not None:
                 meta = dict(record["meta"], distilled=True)
-                kept.append(dict(messages=[record["messages"][0], dict(role="assistant", content=good.strip())], meta=meta))
+                kept.append(dict(messages=[record["messages"][0], dict(role="assistant", content=good.strip())],
+                                 meta=meta))
     return kept, len(kept) / max(len(records), 1)
 
 # -----------------------------------------------------------------------------
-# command line
+# command line: one function per mode
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or 'smollm2'")
+    parser.add_argument("--model",
+                        help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or "
+                        "'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
-    parser.add_argument("--out", default=None, help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
     parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
     parser.add_argument("--limit", type=int, default=None, help="first N records of each test set, for quick runs")
     group = parser.add_argument_group("decoding")
-    group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
+    group.add_argument("--temperature", type=float, default=0.5,
+                       help="sampling temperature (the paper's 0.5); 0 is greedy")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--max-new-tokens", type=int, default=None, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
+    group.add_argument("--max-new-tokens", type=int, default=None,
+                       help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
     group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
     group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
-    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
+    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                       help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
-    group.add_argument("--label", default=None, help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="print one table from several --out files (no model needed)")
-    parser.add_argument("--plot", metavar="PNG", help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
+    group.add_argument("--label", default=None,
+                       help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="print one table from several --out files (no model needed)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="with --report: also draw the table as a figure, ours beside the paper's (needs "
+                        "matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
-    group.add_argument("--sweep", metavar="RUN_DIR", help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
+    group.add_argument("--sweep", metavar="RUN_DIR",
+                       help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
     group.add_argument("--distill-from", default="train_ans", help="which DATA/TASK/NAME.jsonl prompts to distill")
-    group.add_argument("--samples", type=int, default=16, help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
+    group.add_argument("--samples", type=int, default=16,
+                       help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
     return parser
 
 
 def check_args(args):
     """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
     if args.report:
-        refuse([(args.model or args.sweep or args.distill, "--report reads result files only: leave out --model, --sweep and --distill")])
+        refuse([(args.model or args.sweep or args.distill,
+                 "--report reads result files only: leave out --model, --sweep and --distill")])
         if args.plot:
             check_out_dir(os.path.dirname(os.path.abspath(args.plot)), f"--plot {args.plot}")
         return
     variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
     positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
     refuse([
-        (args.sweep and (args.model or args.distill), "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
+        (args.sweep and (args.model or args.distill),
+         "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
         (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
-        (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
+        (args.distill and args.task == "base",
+         "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
         (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
         *[(value is not None and value < 1, f"{flag} must be >= 1 (got {value})") for flag, value in positive],
         (min(args.max_turns, args.samples) < 1, "--max-turns and --samples must be >= 1"),
@@ -752,7 +409,8 @@ def check_args(args):
         (not 0 < args.top_p <= 1, f"--top-p must be in (0, 1] (got {args.top_p})"),
         (args.variants and args.task == "base", "--variants: the base task has one set (base/eval.jsonl)"),
         (args.variants and not set(args.variants) <= set(variants),
-         f"--variants: unknown {', '.join(sorted(set(args.variants or ()) - set(variants)))}; {args.task} has {' '.join(variants)}"),
+         f"--variants: unknown {', '.join(sorted(set(args.variants or ()) - set(variants)))}; {args.task} has "
+         f"{' '.join(variants)}"),
         (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory: name a file"),
     ])
     if args.out:
@@ -765,49 +423,22 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     check_args(args)
     if args.report:
-        rows = read_report_rows(args.task, args.report)
-        print(format_report(args.task, rows))
-        if args.plot:
-            plot_report(args.task, rows, args.plot)
-            print(f"wrote {args.plot}", file=sys.stderr)
-        return
+        return run_report(args)
     if args.model:
         args.model = resolve_model(args.model)
     if args.distill:
-        args.max_new_tokens = args.max_new_tokens or 1024
-        path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
-        records = read_jsonl(path)
-        if not records:
-            raise UserError(f"no records in {path}")
-        model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
-        kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed)
-        out = args.out or os.path.join(args.data, args.task, "train_distilled_cot.jsonl")
-        make_data.write_jsonl(out, kept)
-        print(f"distilled {len(kept)} of {len(records)} prompts ({share:.1%} kept) -> {out}")
-        return
+        return run_distill(args)
     args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
     if args.task == "base":
         sets = {"base": read_jsonl(os.path.join(args.data, "base", "eval.jsonl"))[:args.limit]}
     else:
         variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
         sets = load_eval_sets(args.data, args.task, variants, args.limit)
-    if args.sweep:
-        steps = sorted((int(d[5:]), os.path.join(args.sweep, d)) for d in os.listdir(args.sweep)
-                       if d.startswith("step_") and d[5:].isdigit()) if os.path.isdir(args.sweep) else []
-        if not steps:
-            raise UserError(f"no step_N checkpoints in {args.sweep}")
-        curve = []
-        for step, path in steps:
-            results = evaluate_model(args, path, sets)
-            curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
-            print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
-        best = max(curve, key=lambda c: (c["average"], -c["step"]))
-        print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
-        print(format_table(best["results"], f"{args.task} step {best['step']}"))
-        if args.out:
-            write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"], curve=curve, args=vars(args)))
-        return
+    return run_sweep(args, sets) if args.sweep else run_evaluation(args, sets)
+
+
+def run_evaluation(args, sets):
+    """Plain evaluation (--task base included): the table, and the numbers in --out."""
     results = evaluate_model(args, args.model, sets)
     print(format_table(results, args.task))
     if args.task != "base":  # the base's columns are skills, and there is no Fake among them
@@ -817,9 +448,49 @@ def main(argv=None):
                                   average_except_fake=average_except_fake(results), variants=results, args=vars(args)))
 
 
+def run_sweep(args, sets):
+    """--sweep RUN_DIR: every RUN_DIR/step_N evaluated; the best by mean success without Fake (the
+    paper's checkpoint selection; the earlier step on a tie)."""
+    steps = sft.step_dirs(args.sweep)
+    if not steps:
+        raise UserError(f"no step_N checkpoints in {args.sweep}")
+    curve = []
+    for step, path in steps:
+        results = evaluate_model(args, path, sets)
+        curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
+        print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
+    best = max(curve, key=lambda c: (c["average"], -c["step"]))
+    print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
+    print(format_table(best["results"], f"{args.task} step {best['step']}"))
+    if args.out:
+        write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"], curve=curve,
+                                  args=vars(args)))
+
+
+def run_report(args):
+    """--report FILES: one table from --out / --sweep files, no model needed; --plot draws it too."""
+    rows = read_report_rows(args.task, args.report)
+    print(format_report(args.task, rows))
+    if args.plot:
+        plot_report(args.task, rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def run_distill(args):
+    """--distill: data generation, the teacher's first correct reply to each prompt of
+    DATA/TASK/--distill-from.jsonl, written as SFT records."""
+    args.max_new_tokens = args.max_new_tokens or 1024
+    path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
+    records = read_jsonl(path)
+    if not records:
+        raise UserError(f"no records in {path}")
+    model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
+    kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed)
+    out = args.out or os.path.join(args.data, args.task, "train_distilled_cot.jsonl")
+    make_data.write_jsonl(out, kept)
+    print(f"distilled {len(kept)} of {len(records)} prompts ({share:.1%} kept) -> {out}")
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"eval.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sft.run_cli(main, "eval.py")

@@ -40,25 +40,32 @@ import env_sokoban as sok
 SCALES = {  # file sizes: the paper's, and a small set for tests and demos
     "full": dict(sok_train_rooms=1000, sok_rl_rooms=1000, sok_eval_rooms=100, gp_train=10000, gp_rl=10000, gp_eval=500,
                  base_records=50000),
-    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10, base_records=200),
+    "small": dict(sok_train_rooms=20, sok_rl_rooms=10, sok_eval_rooms=8, gp_train=40, gp_rl=20, gp_eval=10,
+                  base_records=200),
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: fail(message)  # one line, not usage + error
+    parser.error = _refuse  # one line (run_cli prints it), not usage + error
     parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="default sizes: the paper's, or a few records")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw; a different seed, a different dataset")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full",
+                        help="default sizes: the paper's, or a few records")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random draw; a different seed, a different dataset")
     parser.add_argument("--style", choices=("full", "compact"), default="full",
-                        help="prompt style: the paper's wording, or a short one with the same information for tiny models")
+                        help="prompt style: the paper's wording, or a short one with the same information for tiny "
+                        "models")
     parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints", "base"), default=("sokoban", "gpoints"),
-                        help="which files to write; 'base' is the generic corpus of the tiny base model (base/train.jsonl)")
+                        help="which files to write; 'base' is the generic corpus of the tiny base model "
+                        "(base/train.jsonl)")
     group = parser.add_argument_group("sizes (default: set by --scale)")
-    group.add_argument("--sok-train-rooms", type=int, help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
+    group.add_argument("--sok-train-rooms", type=int,
+                       help="6x6 one-box rooms behind the SFT sets (every state of a shortest solution is an example)")
     group.add_argument("--sok-rl-rooms", type=int, help="rooms behind the RL prompt sets")
     group.add_argument("--sok-eval-rooms", type=int, help="rooms per Sokoban evaluation set")
-    group.add_argument("--sok-augment", action="store_true", help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
+    group.add_argument("--sok-augment", action="store_true",
+                       help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
     group.add_argument("--gp-train", type=int, help="records per General Points SFT file")
     group.add_argument("--gp-rl", type=int, help="records per General Points RL file")
     group.add_argument("--gp-eval", type=int, help="problems per General Points evaluation set")
@@ -69,17 +76,16 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if not 0 < args.gp_heldout < 1:
-        parser.error("--gp-heldout must be between 0 and 1")
+        raise UserError("--gp-heldout must be between 0 and 1")
     sizes = [k for k in SCALES["full"] if getattr(args, k) < 1]
     if sizes:
-        parser.error(", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes) + ": sizes must be >= 1")
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes)
+        raise UserError(f"{flags}: sizes must be >= 1")
     return args
 
 
-def fail(message):
-    """Every refusal of this script: one line on stderr, exit status 2 (argparse's, sft.py's, rl.py's, eval.py's)."""
-    print(f"make_data.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _refuse(message):
+    raise UserError(message)
 
 # -----------------------------------------------------------------------------
 # vocabularies
@@ -215,7 +221,8 @@ def gpoints_cot(cards, values, target=24):
         left.remove(Fraction(a))
         left.remove(Fraction(b))
         left.append(Fraction(result))
-        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left " + " ".join(_number(x) for x in left) + ".")
+        numbers_left = " ".join(_number(x) for x in left)
+        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left {numbers_left}.")
     lines.append(f"reached {target}.")
     return " ".join(lines)
 
@@ -265,7 +272,8 @@ def sokoban_eval_sets(args):
         for env in rooms_by_setting[setting]:
             grid = env.render()
             meta = sokoban_meta(variant, grid, env, names, accepted, sok.optimal_actions(env), env.seed, args.style)
-            records.append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+            prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
+            records.append(dict(messages=[prompt], meta=meta))
         sets[variant] = records
     return sets, keys
 
@@ -299,7 +307,8 @@ def sokoban_sft_sets(args, states):
     out = {"train_ans": [], "train_cot": [], "train_diverse_ans": [], "train_diverse_cot": []}
     for grid, env, optimal, solution, seed, symmetry in states:
         for prefix, names in (("train", sok.VOCABS["default"]), ("train_diverse", diverse_names(rng))):
-            meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed,
+                                args.style)
             meta["symmetry"] = symmetry
             prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
             word = names[solution[0]]
@@ -314,9 +323,11 @@ def sokoban_rl_sets(args, states):
     out = {"rl": [], "rl_diverse": []}
     for grid, env, optimal, _, seed, symmetry in states:
         for name, names in (("rl", sok.VOCABS["default"]), ("rl_diverse", diverse_names(rng))):
-            meta = sokoban_meta("train" if name == "rl" else "diverse", grid, env, names, names, optimal, seed, args.style)
+            meta = sokoban_meta("train" if name == "rl" else "diverse", grid, env, names, names, optimal, seed,
+                                args.style)
             meta["symmetry"] = symmetry
-            out[name].append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))], meta=meta))
+            out[name].append(dict(messages=[dict(role="user", content=sokoban_prompt(grid, names, args.style))],
+                                  meta=meta))
     return out
 
 
@@ -451,7 +462,7 @@ def base_record(rng, style):
         asked = [int(i) for i in rng.permutation(n)[:int(rng.integers(1, n + 1))]]
         pairs = ", ".join(f"{k} is {v}" for k, v in zip(keys, values))
         given, wanted = (values, keys) if kind == 0 else (keys, values)
-        verb = ("which is" if kind == 0 else "what is") if len(asked) == 1 else ("which are" if kind == 0 else "what are")
+        verb = ("which" if kind == 0 else "what") + (" is" if len(asked) == 1 else " are")
         prompt = f"lookup: {pairs}\n{verb} {' '.join(given[i] for i in asked)} ?"
         answer = " ".join(wanted[i] for i in asked)
     elif kind == 2:  # copy a list of tokens
@@ -497,17 +508,34 @@ def build_base(args):
 
 
 # -----------------------------------------------------------------------------
-# writing
+# Shared with every script, torch-free (sft.py re-exports them in its "shared plumbing" section):
+# the one error convention and the one atomic file writer
+
+
+class UserError(Exception):
+    """A problem with the inputs: reported as one line `SCRIPT.py: error: ...`, exit status 2 (run_cli)."""
+
+
+def run_cli(main, script):
+    """Run a script's main(): a UserError becomes one line on stderr and exit status 2 (argparse's)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_atomic(path, write, binary=False):
+    """Write a file through `write(f)` into a temporary file in the same directory, then rename it:
+    an interrupted run never leaves half a file behind. Text is UTF-8."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 def write_jsonl(path, records):
-    """Atomically: a temporary file in the same directory, then a rename, so an interrupted run
-    never leaves half a file behind."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def main(argv=None):
@@ -521,7 +549,7 @@ def main(argv=None):
             open(probe, "w").close()
             os.remove(probe)
         except OSError as e:
-            fail(f"cannot write to {directory}: {e.strerror}")
+            raise UserError(f"cannot write to {directory}: {e.strerror}") from None
     for task in args.tasks:
         t0 = time.time()
         files, overlap, notes = builders[task](args)
@@ -531,8 +559,8 @@ def main(argv=None):
         for name, records in files.items():
             print(f"  {task}/{name}.jsonl  {len(records)}")
         if overlap:
-            fail(f"{overlap} training records overlap the evaluation sets")
+            raise UserError(f"{overlap} training records overlap the evaluation sets")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "make_data.py")

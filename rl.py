@@ -1,11 +1,11 @@
 r"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
 
 Each step draws `--prompts-per-step` prompts (rank r takes its contiguous share), samples
-`--group-size` replies to each with eval.py's KV-cached sampler (through the unwrapped module, at
-`--temperature`), scores them with eval.reward (Sokoban single step: 1 for a well-formed optimal
-move, all optimal moves counting; General Points: +5/-1/-2/-3), turns rewards into per-token
-advantages and takes `--ppo-epochs` x (batch / `--mini-batch-size`) optimizer steps on the
-clipped surrogate. Token losses are summed and divided by the response tokens of the whole
+`--group-size` replies to each with the KV-cached sampler at the end of this file (through the
+unwrapped module, at `--temperature`), scores them with `reward` (Sokoban single step: 1 for a
+well-formed optimal move, all optimal moves counting; General Points: +5/-1/-2/-3), turns rewards
+into per-token advantages and takes `--ppo-epochs` x (batch / `--mini-batch-size`) optimizer steps
+on the clipped surrogate. Token losses are summed and divided by the response tokens of the whole
 mini-batch over all micro-batches and ranks. `--model` is a local Hugging Face directory (an SFT
 run's `final/`); prompts are each record's user message through the tokenizer's chat template.
 
@@ -33,13 +33,16 @@ before any work (one line `rl.py: error: ...`, exit 2), an OUT holding another r
 `--overwrite`, and SIGTERM / Ctrl-C save OUT/step_N/ at the end of the current step and exit with
 128 + the signal (143 / 130), as in sft.py.
 """
+# Reading order: arguments; the maths as pure functions; the two objectives (grpo_loss, ppo_loss);
+# the policy; the RL step as the algorithm box reads: rollout -> advantages -> update; the loop
+# (main). Then "Rollouts: the KV-cache sampler" and the rewards, which eval.py and bench.py use too.
 import argparse
 import contextlib
+import inspect
 import json
 import os
-import signal
-import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,7 +51,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import eval as evaluation  # `eval` would shadow the builtin
+import env_gpoints
+import env_sokoban
 import sft
 from sft import UserError
 
@@ -59,47 +63,67 @@ from sft import UserError
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", required=True, help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
-    g.add_argument("--data", required=True, help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
+    g.add_argument("--model", required=True,
+                   help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
+    g.add_argument("--data", required=True,
+                   help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="longest reply in tokens; longer ones are cut (and counted in the log)")
-    g.add_argument("--stop", nargs="*", default=[], help="stop strings that end a reply besides the EOS (default: none, the model learns to stop)")
+    g.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="longest reply in tokens; longer ones are cut (and counted in the log)")
+    g.add_argument("--stop", nargs="*", default=[],
+                   help="stop strings that end a reply besides the EOS (default: none, the model learns to stop)")
     g = p.add_argument_group("algorithm (defaults: the paper's GRPO baseline)")
-    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo", help="group-relative advantages, or a value head with GAE")
+    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo",
+                   help="group-relative advantages, or a value head with GAE")
     g.add_argument("--prompts-per-step", type=int, default=256, help="prompts per step over all ranks")
     g.add_argument("--group-size", type=int, default=8, help="samples per prompt (GRPO needs >= 2)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same one")
     g.add_argument("--clip", type=float, default=0.2, help="clip range of the importance ratio")
-    g.add_argument("--kl-coef", type=float, default=0.0, help="GRPO: weight of the k3 KL to the initial model in the loss; PPO: per-token KL penalty in the reward")
+    g.add_argument("--kl-coef", type=float, default=0.0,
+                   help="GRPO: weight of the k3 KL to the initial model in the loss; PPO: per-token KL penalty in the "
+                   "reward")
     g.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus")
     g.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's samples")
-    g.add_argument("--mini-batch-size", type=int, default=0, help="sequences per optimizer update over all ranks (0: the whole step, one update a pass)")
-    g.add_argument("--adv-eps", type=float, default=1e-6, help="GRPO: added to the group std (a zero-variance group gets advantage 0)")
+    g.add_argument("--mini-batch-size", type=int, default=0,
+                   help="sequences per optimizer update over all ranks (0: the whole step, one update a pass)")
+    g.add_argument("--adv-eps", type=float, default=1e-6,
+                   help="GRPO: added to the group std (a zero-variance group gets advantage 0)")
     g = p.add_argument_group("PPO value head")
     g.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss")
     g.add_argument("--vf-lr", type=float, default=1e-5, help="learning rate of the value head (the trunk keeps --lr)")
-    g.add_argument("--value-clip", type=float, default=0.2, help="clip range of the value update around the sampling-time values")
+    g.add_argument("--value-clip", type=float, default=0.2,
+                   help="clip range of the value update around the sampling-time values")
     g.add_argument("--gamma", type=float, default=1.0, help="discount over response tokens")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-6, help="constant learning rate of the policy")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: no clipping)")
     g.add_argument("--max-steps", type=int, default=200, help="RL steps")
     g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one rank")
-    g.add_argument("--sample-batch-rows", type=int, default=0, help="most rows the sampler decodes at once (0: all of a rank's share)")
+    g.add_argument("--sample-batch-rows", type=int, default=0,
+                   help="most rows the sampler decodes at once (0: all of a rank's share)")
     g = p.add_argument_group("system")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
+                   help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of every sample")
-    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/; an error if there is none")
-    g.add_argument("--overwrite", action="store_true", help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
-    g.add_argument("--stop-after", type=int, default=0, help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
-    g.add_argument("--eval-every", type=int, default=0, help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest OUT/step_N/; an error if there is none")
+    g.add_argument("--overwrite", action="store_true",
+                   help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
     g.add_argument("--eval-data", nargs="*", default=[], help="evaluation JSONL files (make_data.py's eval_*.jsonl)")
     g.add_argument("--eval-limit", type=int, default=16, help="records per evaluation file")
-    g.add_argument("--eval-temperature", type=float, default=0.5, help="sampling temperature of the evaluation (the paper: 0.5)")
-    g.add_argument("--log-every", type=int, default=1, help="print a log line every this many steps (log.jsonl gets every step)")
+    g.add_argument("--eval-temperature", type=float, default=0.5,
+                   help="sampling temperature of the evaluation (the paper: 0.5)")
+    g.add_argument("--log-every", type=int, default=1,
+                   help="print a log line every this many steps (log.jsonl gets every step)")
     return p
 
 
@@ -108,14 +132,19 @@ def check_args(args, world):
     batch = args.prompts_per_step * args.group_size
     mini = args.mini_batch_size or batch
     sft.refuse([
-        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens, args.max_steps) < 1,
-         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps must be >= 1"),
+        (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens,
+             args.max_steps) < 1,
+         "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps "
+         "must be >= 1"),
         (min(args.mini_batch_size, args.sample_batch_rows, args.save_every, args.stop_after, args.eval_every) < 0,
          "--mini-batch-size, --sample-batch-rows, --save-every, --stop-after and --eval-every must be >= 0"),
         (args.eval_limit < 1 or args.log_every < 1, "--eval-limit and --log-every must be >= 1"),
-        (args.algo == "grpo" and args.group_size < 2, f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
-        (args.prompts_per_step % world, f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
-        (batch % mini, f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
+        (args.algo == "grpo" and args.group_size < 2,
+         f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
+        (args.prompts_per_step % world,
+         f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
+        (batch % mini,
+         f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
         (mini % world, f"--mini-batch-size {mini} must be divisible by the number of ranks {world}"),
         (args.temperature <= 0, "--temperature must be > 0 (log-probs are those of the sampling distribution)"),
         (args.eval_temperature < 0, "--eval-temperature must be >= 0 (0 is greedy)"),
@@ -208,6 +237,58 @@ def whiten(x, mask, mean, var, eps=1e-8):
     return (x - mean) * torch.rsqrt(torch.as_tensor(var + eps, dtype=x.dtype)) * mask
 
 # -----------------------------------------------------------------------------
+# the objectives: what one micro-batch's backward minimises (per-token tensors, N = its response tokens)
+
+
+def grpo_loss(logp_N, old_logp_N, adv_N, ref_logp_N, entropy_N, *, clip, kl_coef, entropy_coef, scale):
+    r"""GRPO's objective as a loss, for the response tokens o_{i,t} of one micro-batch:
+
+        loss = scale * sum_{i,t} [ max(-A_i rho_it, -A_i clip(rho_it, 1 - eps, 1 + eps))     clipped surrogate
+                                   + beta (exp(d_it) - d_it - 1) ]                            k3 KL to the reference
+               - scale * c_H * sum_{i,t} H_it                                                 entropy bonus
+
+        rho_it = exp(logp_it - old_logp_it)   (pi_theta / pi_old: 1 on the first update of a step)
+        d_it = ref_logp_it - logp_it          (log pi_ref / pi_theta; KL term only with --kl-coef)
+        A_i = (R_i - mean_group R) / (std_group R + eps_adv)   (group_advantages, on every token of reply i)
+        scale = world / (response tokens of the whole mini-batch on all ranks)   (sft.step_loss_scale)
+
+    `scale` is the token-level averaging: every response token of the mini-batch weighs the same
+    (DAPO's token-level normalisation rather than GRPO's mean per sequence), however the tokens are
+    split into micro-batches and ranks; the factor `world` undoes DDP's mean of gradients over
+    ranks. eps = --clip, beta = --kl-coef, c_H = --entropy-coef. Returns (loss, the per-token
+    pg_N, ratio_N, clipped_N and kl_N for the log)."""
+    pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_logp_N, adv_N, clip)
+    loss = pg_N.sum()
+    if entropy_coef:
+        loss = loss - entropy_coef * entropy_N.sum()
+    kl_N = None
+    if ref_logp_N is not None:
+        kl_N = k3_kl(logp_N, ref_logp_N)
+        loss = loss + kl_coef * kl_N.sum()
+    return loss * scale, dict(pg_N=pg_N, ratio_N=ratio_N, clipped_N=clipped_N, kl_N=kl_N)
+
+
+def ppo_loss(logp_N, old_logp_N, adv_N, values_N, old_values_N, returns_N, entropy_N, *, clip, value_clip, vf_coef,
+             entropy_coef, scale):
+    r"""PPO's objective as a loss, for the response tokens of one micro-batch:
+
+        loss = scale * sum_t [ max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))      clipped surrogate
+                               + c_V 0.5 max((V_t - G_t)^2, (V_t^clip - G_t)^2) ]      clipped value loss
+               - scale * c_H * sum_t H_t                                               entropy bonus
+
+    with A_t the whitened GAE advantages, G_t = A_t + V_old_t the returns (gae) and V_t^clip within
+    V_old_t +- --value-clip. The KL to the reference is a per-token reward here (ppo_token_rewards),
+    not a loss term; `scale` as in grpo_loss. Returns (loss, the per-token pg_N, ratio_N, clipped_N
+    and vf_N for the log)."""
+    pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_logp_N, adv_N, clip)
+    loss = pg_N.sum()
+    if entropy_coef:
+        loss = loss - entropy_coef * entropy_N.sum()
+    vf_N = clipped_value_loss(values_N, old_values_N, returns_N, value_clip)
+    loss = loss + vf_coef * vf_N.sum()
+    return loss * scale, dict(pg_N=pg_N, ratio_N=ratio_N, clipped_N=clipped_N, vf_N=vf_N)
+
+# -----------------------------------------------------------------------------
 # the model: the language model, plus a value head on its last hidden state for PPO
 
 
@@ -242,15 +323,66 @@ def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device):
     logits_NV = logits_NV.float() / temperature
     return -F.cross_entropy(logits_NV, targets_N, reduction="none"), logits_NV, values_N
 
+
+@dataclass
+class Models:
+    """What rl.py samples with and trains."""
+
+    lm: nn.Module  # the language model; the sampler gets it unwrapped
+    ref: nn.Module  # the frozen initial model (--kl-coef), or None
+    head: nn.Module  # PPO's value head, or None
+    policy: Policy  # lm + head in one module
+    model: nn.Module  # policy, DDP-wrapped on several ranks (the loss forward goes through it: backward all-reduces)
+    params: list  # the trained parameters (lm and head)
+    optimizer: torch.optim.Optimizer
+    head_optimizer: torch.optim.Optimizer  # or None
+
+
+def build_models(args, resume_from, world, local_rank, device):
+    """The policy (from the checkpoint when resuming), the frozen reference, PPO's value head, the DDP
+    wrapper and the optimizers."""
+    # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
+    # whole run, the loss forwards included (autograd does not need train mode), so the forward that
+    # computes the loss is the forward that sampled; the sampler puts the model in eval mode anyway.
+    lm = sft.load_model(resume_from or args.model, "fp32", device).eval()
+    lm.config.use_cache = False
+    ref = sft.load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
+    head = make_value_head(lm) if args.algo == "ppo" else None
+    policy = Policy(lm, head).eval()
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(policy,
+                                                          device_ids=[local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **sft.fused_adamw())
+    head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return Models(lm, ref, head, policy, model, params, optimizer, head_optimizer)
+
 # -----------------------------------------------------------------------------
-# data: prompts, which prompts a step uses, rollouts
+# data: prompts, which prompts a step uses, batches of rows
 
 
-def check_prompt_record(record):
-    msgs = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user" or "meta" not in record:
-        return "expected {'messages': [..., {'role': 'user', ...}], 'meta': {...}} ending with the user turn"
-    return None
+def read_prompts(args):
+    """The RL prompts, refusing too few of them for a step and empty --eval-data files."""
+    records = sft.read_jsonl(args.data, check=sft.check_prompt_record)
+    if not records:
+        raise UserError(f"no records in {args.data}")
+    if args.prompts_per_step > len(records):
+        raise UserError(f"--prompts-per-step {args.prompts_per_step} is more than the {len(records)} prompts of "
+                        f"{args.data} (a step would repeat prompts): pass at most {len(records)}")
+    for path in args.eval_data:
+        if not sft.read_jsonl(path, check=sft.check_prompt_record):
+            raise UserError(f"no records in {path}")
+    return records
+
+
+def run_identity(args, task, n_prompts):
+    """What makes OUT's run the run it is: another run's OUT is refused without --overwrite."""
+    identity = dict(data=args.data, model=args.model, algo=args.algo, task=task)
+    if args.resume:  # the prompt stream a resumed run recomputes
+        identity.update(seed=args.seed, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+                        n_prompts=n_prompts)
+    return identity
 
 
 def step_prompts(n_records, prompts_per_step, seed, step):
@@ -265,28 +397,16 @@ def step_prompts(n_records, prompts_per_step, seed, step):
     return out
 
 
-def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correct_fn):
-    """Sample `group_size` replies per prompt and score them. Returns a dict of per-row lists."""
-    with sft.autocast_ctx(device, args.dtype):
-        s = evaluation.sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
-                              return_logprobs=True, max_batch_rows=args.sample_batch_rows or None)
-    metas_B = [m for m in metas for _ in range(args.group_size)]
-    return dict(prompt=[p for p in prompts for _ in range(args.group_size)], response=s.ids, text=s.texts,
-                sampler_logp=s.logprobs, truncated=s.truncated,
-                reward=[float(reward_fn(t, m)) for t, m in zip(s.texts, metas_B)],
-                correct=[bool(correct_fn(t, m)) for t, m in zip(s.texts, metas_B)])
-
-
-def collate(ro, rows, pad_id, device):
-    """(ids_BT, resp_mask_BT): prompt + response, right-padded; the mask marks response positions."""
-    seqs = [ro["prompt"][i] + ro["response"][i] for i in rows]
+def collate(batch, rows, pad_id, device):
+    """(ids_BT, resp_mask_BT) of rows `rows` of the batch: prompt + response, right-padded; the mask
+    marks response positions."""
+    seqs = [batch["prompt"][i] + batch["response"][i] for i in rows]
     T = max(len(s) for s in seqs)
     ids_BT = torch.full((len(rows), T), pad_id, dtype=torch.long)
     resp_mask_BT = torch.zeros((len(rows), T), dtype=torch.bool)
     for b, (i, s) in enumerate(zip(rows, seqs)):
         ids_BT[b, :len(s)] = torch.tensor(s)
-        resp_mask_BT[b, len(ro["prompt"][i]):len(s)] = True
+        resp_mask_BT[b, len(batch["prompt"][i]):len(s)] = True
     return ids_BT.to(device), resp_mask_BT.to(device)
 
 
@@ -297,18 +417,207 @@ def to_rows(x_N, rows, lengths_B, R):
     out_bR[mask_bR] = x_N.detach().cpu()
     return out_bR
 
+
+def split_rows(rows, size):
+    """Consecutive micro-batches of at most `size` rows."""
+    return [rows[j:j + size] for j in range(0, len(rows), size)]
+
+# -----------------------------------------------------------------------------
+# the RL step: rollout -> advantages -> update. `batch` is the step's buffer on this rank: per-row
+# lists from the rollout, then (B, R) tensors on CPU (R: the longest response)
+
+
+def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correct_fn):
+    """Sample `group_size` replies per prompt and score them: row i is reply i % K to prompt i // K.
+    Returns the batch: per-row lists, the response mask mask_BR and the scores score_B."""
+    with sft.autocast_ctx(device, args.dtype):
+        out = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
+                     return_logprobs=True, max_batch_rows=args.sample_batch_rows or None)
+    metas_B = [m for m in metas for _ in range(args.group_size)]
+    lengths = [len(r) for r in out.ids]
+    rewards = [float(reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
+    return dict(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
+                sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
+                correct=[bool(correct_fn(t, m)) for t, m in zip(out.texts, metas_B)], lengths=lengths,
+                mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
+                score_B=torch.tensor(rewards, dtype=torch.float32),
+                old_logp_BR=None, ref_logp_BR=None, old_values_BR=None)
+
+
+@torch.no_grad()
+def sampling_logprobs(models, batch, args, pad_id, device):
+    """The pre-pass: per-token log-probs (and PPO's values) of the policy that sampled, and the
+    reference's log-probs, in one no-grad pass with the training micro-batches and dtype."""
+    B, R = batch["mask_BR"].shape
+    old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(B, R) for _ in range(3))
+    for rows in split_rows(list(range(B)), args.micro_batch_size):
+        ids_BT, resp_BT = collate(batch, rows, pad_id, device)
+        logp_N, _, values_N = response_logprobs(models.policy, ids_BT, resp_BT, args.temperature, args.dtype, device)
+        old_logp_BR[rows] = to_rows(logp_N, rows, batch["lengths"], R)
+        if values_N is not None:
+            old_values_BR[rows] = to_rows(values_N, rows, batch["lengths"], R)
+        if models.ref is not None:
+            ref_N, _, _ = response_logprobs(Policy(models.ref), ids_BT, resp_BT, args.temperature, args.dtype, device)
+            ref_logp_BR[rows] = to_rows(ref_N, rows, batch["lengths"], R)
+    return dict(old_logp_BR=old_logp_BR, ref_logp_BR=ref_logp_BR if models.ref is not None else None,
+                old_values_BR=old_values_BR if models.head is not None else None)
+
+
+def advantages(batch, args, world, device):
+    """adv_BR per response token, returns_BR (PPO) and zero_var (GRPO: the share of groups whose
+    rewards are all equal). GRPO: each reply's group-relative advantage on all of its tokens. PPO:
+    GAE over per-token rewards (the score on the last token, -kl_coef x KL on each), whitened with
+    the mean and variance over every rank's tokens."""
+    mask_BR, score_B = batch["mask_BR"], batch["score_B"]
+    if args.algo == "grpo":
+        adv_B, zero_var_G = group_advantages(score_B, args.group_size, args.adv_eps)
+        return dict(adv_BR=adv_B[:, None] * mask_BR, returns_BR=None, zero_var=zero_var_G.float().mean().item())
+    old_logp_BR, ref_logp_BR = batch["old_logp_BR"], batch["ref_logp_BR"]
+    kl_BR = old_logp_BR - ref_logp_BR if ref_logp_BR is not None else torch.zeros(mask_BR.shape)
+    rewards_BR = ppo_token_rewards(score_B, kl_BR, mask_BR, args.kl_coef)
+    adv_BR, returns_BR = gae(rewards_BR, batch["old_values_BR"], mask_BR, args.gamma, args.lam)
+    sums = [masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()]
+    total, total_sq, n_tokens = sft.all_reduce_sum(sums, world, device)
+    mean = total / n_tokens
+    return dict(adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR,
+                zero_var=0.0)
+
+
+def micro_batch_loss(model, batch, rows, scale, args, pad_id, device):
+    """The objective of rows `rows` (grpo_loss or ppo_loss), through `model` (the DDP wrapper on
+    several ranks), and its per-token parts for the log."""
+    ids_BT, resp_BT = collate(batch, rows, pad_id, device)
+    logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device)
+    mask_bR = batch["mask_BR"][rows]
+    tokens = lambda x_BR: x_BR[rows][mask_bR].to(device)  # a (B, R) buffer -> these rows' response tokens
+    # without a pre-pass (one update a step, no reference, no value head) the policy being trained is
+    # the one that sampled: its own log-probs, detached, are the old ones and the ratio is exactly 1
+    old_logp_N = logp_N.detach() if batch["old_logp_BR"] is None else tokens(batch["old_logp_BR"])
+    with (contextlib.nullcontext() if args.entropy_coef else torch.no_grad()):  # logged either way
+        entropy_N = token_entropy(logits_NV)
+    if args.algo == "grpo":
+        ref_logp_N = tokens(batch["ref_logp_BR"]) if batch["ref_logp_BR"] is not None else None
+        loss, parts = grpo_loss(logp_N, old_logp_N, tokens(batch["adv_BR"]), ref_logp_N, entropy_N, clip=args.clip,
+                                kl_coef=args.kl_coef, entropy_coef=args.entropy_coef, scale=scale)
+    else:
+        loss, parts = ppo_loss(logp_N, old_logp_N, tokens(batch["adv_BR"]), values_N, tokens(batch["old_values_BR"]),
+                               tokens(batch["returns_BR"]), entropy_N, clip=args.clip, value_clip=args.value_clip,
+                               vf_coef=args.vf_coef, entropy_coef=args.entropy_coef, scale=scale)
+    return loss, dict(parts, logp_N=logp_N.detach(), old_logp_N=old_logp_N, entropy_N=entropy_N)
+
+
+STAT_KEYS = ("pg_loss", "vf_loss", "entropy", "kl_ref", "approx_kl", "clip_frac", "logp_sampler_diff", "tokens",
+             "first_tokens")
+
+
+def update(models, batch, args, local_mini, seed, world, device, pad_id):
+    """--ppo-epochs passes over the batch, each cut into mini-batches of `local_mini` rows per rank;
+    one optimizer step per mini-batch. Returns (stats: this rank's token sums, the grad norms,
+    ratio_dev_first: the largest |ratio - 1| of the first mini-batch, 0 when all is well)."""
+    mask_BR, B = batch["mask_BR"], len(batch["mask_BR"])
+    stats = dict.fromkeys(STAT_KEYS, 0.0)
+    if args.algo == "ppo" and batch["ref_logp_BR"] is not None:  # the KL that entered the rewards
+        stats["kl_ref"] = masked_sum(batch["old_logp_BR"] - batch["ref_logp_BR"], mask_BR).item()
+    grad_norms, ratio_dev_first = [], None
+    for epoch in range(args.ppo_epochs):
+        # pass 0 keeps the rows in the pre-pass's order, so the first mini-batch's micro-batches are the
+        # very tensors whose old log-probs were recorded (ratio exactly 1); later passes reshuffle
+        order = list(range(B))
+        if epoch:
+            order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for start in range(0, B, local_mini):
+            minibatch = order[start:start + local_mini]
+            n_tokens, = sft.all_reduce_sum([int(mask_BR[minibatch].sum())], world, device)
+            scale = sft.step_loss_scale(n_tokens, world)  # token-level averaging over the mini-batch, all ranks
+            micro_batches = split_rows(minibatch, args.micro_batch_size)
+            for k, rows in enumerate(micro_batches):
+                with sft.grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
+                    loss, parts = micro_batch_loss(models.model, batch, rows, scale, args, pad_id, device)
+                    loss.backward()
+                if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler
+                    dev = (parts["ratio_N"].detach() - 1).abs().max().item()
+                    ratio_dev_first = dev if ratio_dev_first is None else max(ratio_dev_first, dev)
+                    sampler_N = torch.cat([batch["sampler_logp"][i] for i in rows]).to(device)
+                    stats["logp_sampler_diff"] += (parts["logp_N"] - sampler_N).abs().sum().item()
+                    stats["first_tokens"] += len(parts["logp_N"])
+                add_token_stats(stats, parts)
+            grad_norms.append(optimizer_step(models, args.grad_clip))
+    return stats, grad_norms, ratio_dev_first
+
+
+def add_token_stats(stats, parts):
+    """Add one micro-batch's per-token sums to the step's stats."""
+    if parts.get("kl_N") is not None:
+        stats["kl_ref"] += parts["kl_N"].sum().item()
+    if "vf_N" in parts:
+        stats["vf_loss"] += parts["vf_N"].sum().item()
+    stats["pg_loss"] += parts["pg_N"].sum().item()
+    stats["entropy"] += parts["entropy_N"].sum().item()
+    stats["approx_kl"] += k3_kl(parts["old_logp_N"], parts["logp_N"]).sum().item()
+    stats["clip_frac"] += parts["clipped_N"].sum().item()
+    stats["tokens"] += len(parts["logp_N"])
+
+
+def optimizer_step(models, grad_clip):
+    """Clip the global gradient norm, step the policy's (and the value head's) optimizer; returns the norm."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(models.params, grad_clip if grad_clip > 0 else float("inf"))
+    models.optimizer.step()
+    models.optimizer.zero_grad(set_to_none=True)
+    if models.head_optimizer is not None:
+        models.head_optimizer.step()
+        models.head_optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def log_row(step, batch, learned, times, signum, n_prompts, args, world, device):
+    """The step's log line, from sums over ranks: rewards per reply, token stats per trained token
+    (first-pass stats per token of the step); and the all-reduced signal flag."""
+    stats, grad_norms, ratio_dev_first = learned
+    B = len(batch["response"])
+    keys = list(stats) + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens",
+                          "signalled"]
+    sums = sft.all_reduce_sum([stats[k] for k in stats] + [
+        sum(batch["reward"]), sum(batch["correct"]), sum(batch["lengths"]), sum(batch["truncated"]), B,
+        batch["zero_var"] * (B // args.group_size), float(batch["mask_BR"].sum()), signum], world, device)
+    total = dict(zip(keys, sums))
+    per_token = lambda k: total[k] / max(total["tokens"], 1)
+    kl_tokens = total["step_tokens"] if args.algo == "ppo" else total["tokens"]  # PPO's KL is the sampling policy's
+    row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / n_prompts, 3),
+           "reward": total["reward"] / total["rows"], "accuracy": total["correct"] / total["rows"],
+           "response_length": total["length"] / total["rows"], "truncated": total["truncated"] / total["rows"],
+           "kl_ref": total["kl_ref"] / max(kl_tokens, 1), "approx_kl": per_token("approx_kl"),
+           "clip_frac": per_token("clip_frac"), "entropy": per_token("entropy"), "pg_loss": per_token("pg_loss"),
+           "grad_norm": float(np.mean(grad_norms)), "ratio_dev_first": ratio_dev_first,
+           "logp_sampler_diff": total["logp_sampler_diff"] / max(total["first_tokens"], 1), "lr": args.lr,
+           "sample_s": times[0], "learn_s": times[1]}
+    if args.algo == "grpo":
+        row["zero_var_groups"] = total["zero_var_groups"] / args.prompts_per_step
+    else:
+        row["vf_loss"] = per_token("vf_loss")
+    return row, total["signalled"]
+
+
+def log_line(row, args, times):
+    extra = f"zero_var {row['zero_var_groups']:.2f}" if args.algo == "grpo" else f"vf_loss {row['vf_loss']:.4f}"
+    return (f"step {row['step']}/{args.max_steps} reward {row['reward']:.3f} acc {row['accuracy']:.3f} "
+            f"len {row['response_length']:.1f} cut {row['truncated']:.2f} kl {row['kl_ref']:.4f} "
+            f"clip {row['clip_frac']:.3f} ent {row['entropy']:.3f} gnorm {row['grad_norm']:.3f} {extra} "
+            f"time {times[0]:.1f}s+{times[1]:.1f}s")
+
 # -----------------------------------------------------------------------------
 # checkpoints: sft.save_checkpoint for the LM and its optimizer, plus the value head for PPO
 
 
-def save_rl_checkpoint(out_dir, name, lm, head, tokenizer, optimizer, head_optimizer, scaler, step, args, rank):
+def save_rl_checkpoint(out_dir, name, models, tokenizer, step, args, rank):
     # the value head is written before sft.save_checkpoint writes trainer_state.pt (what marks a
     # checkpoint complete for --resume), so a complete step_N/ always has its head
+    head = models.head
     if head is not None and rank == 0:
         os.makedirs(args.out, exist_ok=True)
         tmp = os.path.join(out_dir, f".{name}.value_head.pt")
-        torch.save({"head": head.state_dict(), "optimizer": head_optimizer.state_dict()}, tmp)
-    sft.save_checkpoint(out_dir, name, lm, tokenizer, optimizer, scaler, step, args, rank)
+        torch.save({"head": head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, tmp)
+    sft.save_checkpoint(out_dir, name, models.lm, tokenizer, models.optimizer, None, step, args, rank)
     if head is not None and rank == 0:
         os.replace(os.path.join(out_dir, f".{name}.value_head.pt"), os.path.join(out_dir, name, "value_head.pt"))
 
@@ -318,31 +627,50 @@ def value_head_file(ckpt_dir, out_dir):
     pending = os.path.join(out_dir, f".{os.path.basename(ckpt_dir)}.value_head.pt")
     return inside if os.path.isfile(inside) else pending
 
+
+def resume_training(models, resume_from, out_dir, device):
+    """The optimizer state (and PPO's value head) of a checkpoint; returns its step."""
+    state = sft.load_trainer_state(resume_from, models.lm, models.optimizer)
+    if models.head is not None:
+        saved = torch.load(value_head_file(resume_from, out_dir), map_location=device, weights_only=False)
+        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
+    return state["step"]
+
+
+def check_replicas(params, world, device, master):
+    """DDP keeps replicas identical; say so rather than assume it."""
+    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
+    all_sums = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(all_sums, checksum)
+    if master:
+        print(f"ranks in sync: {all(torch.equal(all_sums[0], c) for c in all_sums)}")
+
 # -----------------------------------------------------------------------------
 # evaluation hook (rank 0 only, the unwrapped model)
 
 
-def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
+def evaluate_now(lm, tokenizer, args, device, step, batch, correct_fn):
+    """--eval-every: print a few of the step's replies, then score each --eval-data file: the first
+    move's accuracy, and eval.py's environment evaluation (multi-turn for Sokoban)."""
+    from eval import ENV_EVALUATORS, model_replies  # eval.py imports this file (the sampler): not at the top
     lines = [f"--- step {step}: sampled replies"]
-    for i in range(0, min(len(ro["text"]), 3 * args.group_size), args.group_size):
-        lines.append(f"[reward {ro['reward'][i]:+.1f}] {ro['text'][i][:300]!r}")
+    for i in range(0, min(len(batch["text"]), 3 * args.group_size), args.group_size):
+        lines.append(f"[reward {batch['reward'][i]:+.1f}] {batch['text'][i][:300]!r}")
     scores = {}
     for path in args.eval_data:
-        records = sft.read_jsonl(path, check=check_prompt_record)[:args.eval_limit]
+        records = sft.read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
         with sft.autocast_ctx(device, args.dtype):
-            s = evaluation.sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
-                                  stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed)
+            texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
+                           stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed).texts
         name = os.path.splitext(os.path.basename(path))[0]
-        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(s.texts, records)]))
-        # the environment evaluation with eval.py's own functions (multi-turn for Sokoban)
+        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(texts, records)]))
         task = records[0]["meta"].get("task") if records else None
-        if task in ("sokoban", "gpoints"):
-            run_env = getattr(evaluation, f"evaluate_{task}")
+        if task in ENV_EVALUATORS:
             variant = records[0]["meta"]["variant"]
-            replies = evaluation.model_replies(lm, tokenizer, temperature=args.eval_temperature,
-                                               max_new_tokens=args.max_new_tokens, stop_strings=args.stop)
-            result = run_env(replies, {variant: records}, seed=args.seed, progress=False)[variant]
+            replies = model_replies(lm, tokenizer, temperature=args.eval_temperature,
+                                    max_new_tokens=args.max_new_tokens, stop_strings=args.stop)
+            result = ENV_EVALUATORS[task](replies, {variant: records}, seed=args.seed, progress=False)[variant]
             scores.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     lines.append(" ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     tqdm.write("\n".join(lines))
@@ -354,9 +682,9 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
 
 def main(argv=None, reward_fn=None, correct_fn=None):
     """Run RL; returns rank 0's log rows. `reward_fn(reply, meta)` / `correct_fn` default to
-    eval.reward / eval.is_correct (tests inject toy ones)."""
+    reward / is_correct (tests inject toy ones)."""
     args = get_parser().parse_args(argv)
-    reward_fn, correct_fn = reward_fn or evaluation.reward, correct_fn or evaluation.is_correct
+    reward_fn, correct_fn = reward_fn or reward, correct_fn or is_correct
     rank, world, local_rank, device = sft.setup_distributed()
     master = rank == 0
     mini = check_args(args, world)
@@ -364,242 +692,467 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     # the data and OUT are checked before any model is loaded or OUT is touched
     sft.check_out_dir(args.out)
     args.model = sft.resolve_model(args.model)
-    records = sft.read_jsonl(args.data, check=check_prompt_record)
-    if not records:
-        raise UserError(f"no records in {args.data}")
-    if args.prompts_per_step > len(records):
-        raise UserError(f"--prompts-per-step {args.prompts_per_step} is more than the {len(records)} prompts of {args.data} "
-                        f"(a step would repeat prompts): pass at most {len(records)}")
-    for path in args.eval_data:
-        if not sft.read_jsonl(path, check=check_prompt_record):
-            raise UserError(f"no records in {path}")
+    records = read_prompts(args)
     task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
-    identity = dict(data=args.data, model=args.model, algo=args.algo, task=task)
-    if args.resume:  # the prompt stream a resumed run recomputes
-        identity.update(seed=args.seed, prompts_per_step=args.prompts_per_step, group_size=args.group_size, n_prompts=len(records))
-    resume_from = sft.check_run_dir(args.out, identity, args.resume, args.overwrite)
+    resume_from = sft.check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
     tokenizer = sft.load_tokenizer(args.model)  # a missing model is refused before OUT is touched
-    if master:
-        if args.overwrite:
-            sft.clear_run_dir(args.out)
-        os.makedirs(args.out, exist_ok=True)
-    if world > 1:
-        dist.barrier()
+    sft.prepare_run_dir(args.out, args.overwrite, master, world)
     prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
-    metas = [r["meta"] for r in records]
 
-    # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
-    # whole run, the loss forwards included (autograd does not need train mode), so the forward that
-    # computes the loss is the forward that sampled; the sampler puts the model in eval mode anyway.
-    lm = sft.load_model(resume_from or args.model, "fp32", device).eval()
-    lm.config.use_cache = False
-    ref = sft.load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
-    head = make_value_head(lm) if args.algo == "ppo" else None
-    policy = Policy(lm, head).eval()
-    model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else policy
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **sft.fused_adamw())
-    head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16/fp32 only: kept for sft.save_checkpoint's format
-    start_step = 0
-    if resume_from:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
-        set_optimizer_state_dict(lm, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        start_step = state["step"]
-        if head is not None:
-            hs = torch.load(value_head_file(resume_from, args.out), map_location=device, weights_only=False)
-            head.load_state_dict(hs["head"]), head_optimizer.load_state_dict(hs["optimizer"])
-
-    params = [p for p in policy.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
+    models = build_models(args, resume_from, world, local_rank, device)
+    start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
     local_prompts = args.prompts_per_step // world
-    local_B, local_mini = local_prompts * args.group_size, mini // world
-    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world, mini_batch_size_resolved=mini,
+    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
+                  mini_batch_size_resolved=mini,
                   updates_per_step=args.ppo_epochs * (args.prompts_per_step * args.group_size // mini),
-                  n_prompts=len(records), n_params=n_params, longest_prompt=max(len(p) for p in prompts))
-    log_path = os.path.join(args.out, "log.jsonl")
+                  n_prompts=len(records), n_params=sum(p.numel() for p in models.params),
+                  longest_prompt=max(len(p) for p in prompts))
     if master:
         print(json.dumps(config, indent=1))
         sft.start_run_files(args.out, config, start_step)
 
-    sync_off = model.no_sync if world > 1 else contextlib.nullcontext
     # one update a step (GRPO's default): the policy that sampled is the one being updated, so the
     # "old" log-probs are the training forward's own, detached, and the ratio is exactly 1. Otherwise
-    # a no-grad pass before the first update records them, with the same micro-batches and dtype.
-    single_update = config["updates_per_step"] == 1
+    # a no-grad pre-pass records them, with the same micro-batches and dtype; PPO's values and the
+    # reference's log-probs come from that pass too.
+    prepass = config["updates_per_step"] > 1 or models.ref is not None or models.head is not None
     rows_log = []
     stopper, stop = sft.StopSignal("rl.py"), False
-    pbar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, disable=not master, desc=args.algo)
+    pbar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, disable=not master,
+                desc=args.algo)
     for step in pbar:
         t0 = time.time()
-        idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:(rank + 1) * local_prompts]
+        # 1. rollout: this rank's share of the step's prompts, `group_size` scored replies to each
+        idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:][:local_prompts]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
-        ro = rollout(lm, tokenizer, [prompts[i] for i in idx], [metas[i] for i in idx], args, seed, device, reward_fn, correct_fn)
+        batch = rollout(models.lm, tokenizer, [prompts[i] for i in idx], [records[i]["meta"] for i in idx], args, seed,
+                        device, reward_fn, correct_fn)
         t_sample = time.time() - t0
-
-        # per-token quantities of the sampling policy, (local_B, R) tensors on CPU
-        lengths = [len(r) for r in ro["response"]]
-        R = max(lengths)
-        mask_BR = torch.arange(R)[None, :] < torch.tensor(lengths)[:, None]
-        score_B = torch.tensor(ro["reward"], dtype=torch.float32)
-        micro_rows = lambda rows: [rows[j:j + args.micro_batch_size] for j in range(0, len(rows), args.micro_batch_size)]
-        old_logp_BR = ref_logp_BR = old_values_BR = None
-        if not single_update or ref is not None or head is not None:
-            old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(local_B, R) for _ in range(3))
-            with torch.no_grad():
-                for rows in micro_rows(list(range(local_B))):
-                    ids_BT, resp_BT = collate(ro, rows, tokenizer.pad_token_id, device)
-                    logp_N, _, values_N = response_logprobs(policy, ids_BT, resp_BT, args.temperature, args.dtype, device)
-                    old_logp_BR[rows] = to_rows(logp_N, rows, lengths, R)
-                    if values_N is not None:
-                        old_values_BR[rows] = to_rows(values_N, rows, lengths, R)
-                    if ref is not None:
-                        ref_N, _, _ = response_logprobs(Policy(ref), ids_BT, resp_BT, args.temperature, args.dtype, device)
-                        ref_logp_BR[rows] = to_rows(ref_N, rows, lengths, R)
-        zero_var = 0.0
-        if args.algo == "grpo":
-            adv_B, zero_var_G = group_advantages(score_B, args.group_size, args.adv_eps)
-            adv_BR, returns_BR = adv_B[:, None] * mask_BR, None
-            zero_var = zero_var_G.float().mean().item()
-        else:
-            kl_BR = (old_logp_BR - ref_logp_BR) if ref is not None else torch.zeros(local_B, R)
-            adv_BR, returns_BR = gae(ppo_token_rewards(score_B, kl_BR, mask_BR, args.kl_coef), old_values_BR, mask_BR, args.gamma, args.lam)
-            s, s2, n = sft.all_reduce_sum([masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()], world, device)
-            adv_BR = whiten(adv_BR, mask_BR, s / n, s2 / n - (s / n) ** 2)
-
-        # learning: ppo_epochs passes, each cut into mini-batches; one optimizer update per mini-batch
+        # 2. advantages (after the pre-pass, where the update needs it)
+        if prepass:
+            batch.update(sampling_logprobs(models, batch, args, tokenizer.pad_token_id, device))
+        batch.update(advantages(batch, args, world, device))
+        # 3. update: --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
-        stats = dict(pg_loss=0.0, vf_loss=0.0, entropy=0.0, kl_ref=0.0, approx_kl=0.0, clip_frac=0.0, logp_sampler_diff=0.0, tokens=0.0, first_tokens=0.0)
-        if ref is not None and args.algo == "ppo":  # the KL that entered the rewards: logp - ref_logp of the sampling policy
-            stats["kl_ref"] = masked_sum(old_logp_BR - ref_logp_BR, mask_BR).item()
-        grad_norms, ratio_dev_first = [], None
-        for epoch in range(args.ppo_epochs):
-            # pass 0 keeps the rows in the pre-pass's order, so the first mini-batch's micro-batches are the
-            # very tensors whose old log-probs were recorded (ratio exactly 1); later passes reshuffle
-            order = torch.randperm(local_B, generator=torch.Generator().manual_seed(seed + epoch)).tolist() if epoch else list(range(local_B))
-            for m0 in range(0, local_B, local_mini):
-                mb = order[m0:m0 + local_mini]
-                n_tok, = sft.all_reduce_sum([int(mask_BR[mb].sum())], world, device)
-                scale = sft.step_loss_scale(n_tok, world)
-                micros = micro_rows(mb)
-                for k, rows in enumerate(micros):
-                    with (sync_off() if k < len(micros) - 1 else contextlib.nullcontext()):
-                        ids_BT, resp_BT = collate(ro, rows, tokenizer.pad_token_id, device)
-                        logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device)
-                        m_bR = mask_BR[rows]
-                        to_dev = lambda x_BR: x_BR[rows][m_bR].to(device)
-                        old_N = logp_N.detach() if old_logp_BR is None else to_dev(old_logp_BR)
-                        pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_N, to_dev(adv_BR), args.clip)
-                        loss = pg_N.sum()
-                        with (contextlib.nullcontext() if args.entropy_coef else torch.no_grad()):
-                            ent_N = token_entropy(logits_NV)
-                        if args.entropy_coef:
-                            loss = loss - args.entropy_coef * ent_N.sum()
-                        if ref is not None and args.algo == "grpo":
-                            kl_N = k3_kl(logp_N, to_dev(ref_logp_BR))
-                            loss = loss + args.kl_coef * kl_N.sum()
-                            stats["kl_ref"] += kl_N.sum().item()
-                        if head is not None:
-                            vf_N = clipped_value_loss(values_N, to_dev(old_values_BR), to_dev(returns_BR), args.value_clip)
-                            loss = loss + args.vf_coef * vf_N.sum()
-                            stats["vf_loss"] += vf_N.sum().item()
-                        (loss * scale).backward()
-                    if epoch == 0 and m0 == 0:  # the policy has not moved yet: compare with the sampler
-                        dev = (ratio_N.detach() - 1).abs().max().item()
-                        ratio_dev_first = dev if ratio_dev_first is None else max(ratio_dev_first, dev)
-                        sampler_N = torch.cat([ro["sampler_logp"][i] for i in rows]).to(device)
-                        stats["logp_sampler_diff"] += (logp_N.detach() - sampler_N).abs().sum().item()
-                        stats["first_tokens"] += len(logp_N)
-                    stats["pg_loss"] += pg_N.sum().item()
-                    stats["entropy"] += ent_N.sum().item()
-                    stats["approx_kl"] += k3_kl(old_N, logp_N.detach()).sum().item()
-                    stats["clip_frac"] += clipped_N.sum().item()
-                    stats["tokens"] += len(logp_N)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-                grad_norms.append(float(grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if head_optimizer is not None:
-                    head_optimizer.step()
-                    head_optimizer.zero_grad(set_to_none=True)
-        t_learn = time.time() - t1
+        learned = update(models, batch, args, mini // world, seed, world, device, tokenizer.pad_token_id)
+        times = (t_sample, time.time() - t1)
 
-        # one log line: sums over ranks, then means (token stats over all trained tokens; first-pass stats over the step's tokens)
-        keys = list(stats)
-        sums = sft.all_reduce_sum([stats[k] for k in keys] + [sum(ro["reward"]), sum(ro["correct"]), sum(lengths), sum(ro["truncated"]),
-                                                              local_B, zero_var * local_prompts, float(mask_BR.sum()), stopper.signum], world, device)
-        tot = dict(zip(keys + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens", "signalled"], sums))
-        per_tok = lambda k: tot[k] / max(tot["tokens"], 1)
-        row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / len(records), 3),
-               "reward": tot["reward"] / tot["rows"], "accuracy": tot["correct"] / tot["rows"], "response_length": tot["length"] / tot["rows"],
-               "truncated": tot["truncated"] / tot["rows"], "kl_ref": tot["kl_ref"] / max(tot["step_tokens"] if args.algo == "ppo" else tot["tokens"], 1),
-               "approx_kl": per_tok("approx_kl"), "clip_frac": per_tok("clip_frac"), "entropy": per_tok("entropy"),
-               "pg_loss": per_tok("pg_loss"), "grad_norm": float(np.mean(grad_norms)), "ratio_dev_first": ratio_dev_first,
-               "logp_sampler_diff": tot["logp_sampler_diff"] / max(tot["first_tokens"], 1), "lr": args.lr,
-               "sample_s": t_sample, "learn_s": t_learn}
-        if args.algo == "grpo":
-            row["zero_var_groups"] = tot["zero_var_groups"] / args.prompts_per_step
-        else:
-            row["vf_loss"] = per_tok("vf_loss")
+        row, signalled = log_row(step, batch, learned, times, stopper.signum, len(records), args, world, device)
         if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            sft.log_step(args.out, row, pbar, step == start_step or (step + 1) % args.log_every == 0,
+                         log_line(row, args, times), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
-            pbar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
-            if (step + 1) % args.log_every == 0 or step == start_step:
-                extra = f"zero_var {row['zero_var_groups']:.2f}" if args.algo == "grpo" else f"vf_loss {row['vf_loss']:.4f}"
-                tqdm.write(f"step {step + 1}/{args.max_steps} reward {row['reward']:.3f} acc {row['accuracy']:.3f} len {row['response_length']:.1f} "
-                           f"cut {row['truncated']:.2f} kl {row['kl_ref']:.4f} clip {row['clip_frac']:.3f} ent {row['entropy']:.3f} "
-                           f"gnorm {row['grad_norm']:.3f} {extra} time {t_sample:.1f}s+{t_learn:.1f}s")
         if args.eval_every and (step + 1) % args.eval_every == 0:
             if master:
-                row.update(evaluate_now(lm, tokenizer, args, device, step + 1, ro, correct_fn))
+                row.update(evaluate_now(models.lm, tokenizer, args, device, step + 1, batch, correct_fn))
             if world > 1:
                 dist.barrier()
-        # a signal on any rank stops every rank after this step (a signal in the last step lets final/ be written)
-        stop = tot["signalled"] > 0 and step + 1 < args.max_steps
+        stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
-            save_rl_checkpoint(args.out, f"step_{step + 1}", lm, head, tokenizer, optimizer, head_optimizer, scaler, step + 1, args, rank)
-        if stop:
-            if master:
-                tqdm.write(f"rl.py: stopped by a signal; saved {os.path.join(args.out, f'step_{step + 1}')}: continue with --resume", file=sys.stderr)
-            break
-        if args.stop_after and step + 1 >= args.stop_after:
+            save_rl_checkpoint(args.out, f"step_{step + 1}", models, tokenizer, step + 1, args, rank)
+        if stop or args.stop_after and step + 1 >= args.stop_after:
             break
     else:
-        save_rl_checkpoint(args.out, "final", lm, head, tokenizer, optimizer, head_optimizer, scaler, args.max_steps, args, rank)
+        save_rl_checkpoint(args.out, "final", models, tokenizer, args.max_steps, args, rank)
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
-    pbar.close()
-    if world > 1:  # DDP keeps replicas identical; say so rather than assume it
-        checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
-        all_sums = [torch.zeros_like(checksum) for _ in range(world)]
-        dist.all_gather(all_sums, checksum)
-        if master:
-            same = all(torch.equal(all_sums[0], c) for c in all_sums)
-            print(f"ranks in sync: {same}")
-        dist.destroy_process_group()
-    stopper.restore()
-    if stop:
-        sys.exit(128 + (stopper.signum or signal.SIGTERM))
+    if world > 1:
+        check_replicas(models.params, world, device, master)
+    sft.finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
     return rows_log
 
 
-if __name__ == "__main__":
+# =============================================================================
+# Rollouts: the KV-cache sampler
+#
+# A decode loop written here, not `model.generate`: each distinct prompt is prefilled once (left
+# padding, an attention mask and per-row position ids), its K/V are copied to the n samples of its
+# group, then every row decodes one token a step from a preallocated cache (_decode_step, in the
+# loop of _sample_batch); finished rows are dropped from the batch as they accumulate. Greedy output
+# is token-for-token the output of `model.generate(do_sample=False)` (tests/test_eval.py). rollout()
+# above, eval.py's evaluator and distillation, and bench.py use it:
+#
+#     from rl import sample
+#     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
+#                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
+#     out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
+#
+#     python bench.py sampler     # tokens/s vs model.generate and vs decoding without a cache
+#
+# Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
+# and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
+
+
+@dataclass
+class Samples:
+    """What `sample` returns; row i is sample i % n of prompt i // n."""
+
+    ids: list  # list[list[int]]: generated token ids, ending with the EOS / stop-string token if any
+    texts: list  # list[str] decoded without special tokens, cut after the first stop string; None without a tokenizer
+    logprobs: list  # list[Tensor (len(ids[i]),)] float32 on CPU: log_softmax(logits / temperature) of each token;
+    #                 None unless asked
+    truncated: list  # list[bool]: hit max_new_tokens without an EOS or a stop string
+    stop_reason: list  # list[str]: "eos", "stop" (a stop string) or "length"
+
+
+class KVCache:
+    """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
+
+    Left padding aligns all rows, so every row writes its next token at the same column `length`
+    and attention reads columns [0, length); padding is hidden by the attention mask. Hugging Face
+    attention layers call `update` with the new K/V; the decode loop advances `length`.
+    Buffers are allocated on the first write, from the shapes the model produces.
+    """
+
+    def __init__(self, batch_size, max_len):
+        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+        self.k_BHTD, self.v_BHTD = [], []  # one buffer per layer
+
+    def _alloc(self, layer_idx, like_BHTD):
+        while len(self.k_BHTD) <= layer_idx:
+            _, H, _, D = like_BHTD.shape
+            shape = (self.batch_size, H, self.max_len, D)
+            # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
+            # memory can hold inf/NaN (0 * inf = NaN)
+            self.k_BHTD.append(like_BHTD.new_zeros(shape))
+            self.v_BHTD.append(like_BHTD.new_zeros(shape))
+
+    def update(self, k_BHTD, v_BHTD, layer_idx, *args, **kwargs):
+        self._alloc(layer_idx, k_BHTD)
+        start, end = self.length, self.length + k_BHTD.shape[2]
+        self.k_BHTD[layer_idx][:, :, start:end] = k_BHTD
+        self.v_BHTD[layer_idx][:, :, start:end] = v_BHTD
+        return self.k_BHTD[layer_idx][:, :, :end], self.v_BHTD[layer_idx][:, :, :end]
+
+    def insert(self, other, rows, cols, repeats):
+        """Copy `other`'s filled columns into rows `rows` and columns `cols`, each row `repeats` times
+        (one prefilled prompt -> the n samples of its group, without re-running the prompt)."""
+        for layer_idx, (k_bHTD, v_bHTD) in enumerate(zip(other.k_BHTD, other.v_BHTD)):
+            self._alloc(layer_idx, k_bHTD)
+            b, H, T, D = k_bHTD.shape
+            self.k_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = k_bHTD[:, None]
+            self.v_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = v_bHTD[:, None]
+
+    def keep(self, rows_R):
+        """Keep only rows `rows_R` (drop finished samples so they stop costing compute)."""
+        self.k_BHTD = [k[rows_R] for k in self.k_BHTD]
+        self.v_BHTD = [v[rows_R] for v in self.v_BHTD]
+        self.batch_size = len(rows_R)
+
+
+def _cache_kwarg(model):
+    # transformers 5.x renamed `past_key_values` to `cache`; accept both spellings
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _attention_mask(allowed_B1QK, model, dtype):
+    """A 4-D mask the model uses as is: boolean for SDPA, additive (0 / -big) for eager attention."""
+    impl = getattr(model.config, "_attn_implementation", "eager")
+    if impl == "sdpa":
+        return allowed_B1QK
+    if impl == "eager":
+        return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
+            ~allowed_B1QK, torch.finfo(dtype).min)
+    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with "
+                     "attn_implementation='sdpa'")
+
+
+def sample_tokens(logits_BV, temperature, top_p, generator):
+    """Next token of every row and its log-prob under log_softmax(logits / temperature)
+    (log_softmax(logits) for greedy, temperature 0). Top-p truncates what is sampled from; the
+    returned log-prob is the untruncated one, which is what a trainer recomputes."""
+    logits_BV = logits_BV.float()
+    if temperature == 0:
+        logp_BV = F.log_softmax(logits_BV, dim=-1)
+        token_B = logits_BV.argmax(dim=-1)
+    else:
+        logp_BV = F.log_softmax(logits_BV / temperature, dim=-1)
+        probs_BV = logp_BV.exp()
+        if top_p < 1.0:
+            sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+            # keep the smallest top set whose mass reaches top_p (always the most likely token)
+            drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
+            probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
+        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+    return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
+
+
+class _StopStrings:
+    """Per-row stop-string check that stays cheap: only rows whose new token could complete a stop
+    string (its text holds a stop string's last character, or a partial UTF-8 byte) decode the
+    last few tokens of their reply."""
+
+    _may_end = {}  # (tokenizer id, vocab size, stop strings) -> bool per token id, computed once
+
+    def __init__(self, stop_strings, tokenizer, vocab_size, device):
+        self.stop_strings, self.tokenizer = list(stop_strings), tokenizer
+        # every token holds at least one byte, so this many tokens always cover a stop string
+        self.tail = max(len(s.encode()) for s in self.stop_strings) + 1
+        key = (id(tokenizer), len(tokenizer), vocab_size, tuple(self.stop_strings))
+        if key not in self._may_end:
+            last_chars = {s[-1] for s in self.stop_strings} | {"\ufffd"}
+            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+            flags = [any(c in t for c in last_chars) for t in texts]
+            flags += [True] * (vocab_size - len(flags))  # ids the tokenizer lacks: check them anyway
+            self._may_end[key] = torch.tensor(flags)
+        self.may_end_V = self._may_end[key].to(device)
+
+    def hits(self, token_B, out_BN, rows, n_new):
+        """Batch rows whose reply (row `rows[r]` of out_BN, n_new tokens so far) now holds a stop string."""
+        cand = self.may_end_V[token_B].nonzero().squeeze(-1).tolist()
+        if not cand:
+            return []
+        tails = out_BN[[rows[r] for r in cand], max(0, n_new - self.tail):n_new].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return [r for r, t in zip(cand, texts) if any(s in t for s in self.stop_strings)]
+
+
+def cut_at_stop(text, stop_strings):
+    """Text up to and including the first stop string that ends in it."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[:min(ends)] if ends else text
+
+
+def _default_eos_ids(model, tokenizer):
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def shared_prefix_len(prompt_ids):
+    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
+    instructions), kept one short of the shortest prompt so every row has a token of its own."""
+    if len(prompt_ids) < 2:
+        return 0
+    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
+    for other in prompt_ids[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device):
+    """Run a chunk of prompts; returns its KVCache, its (b, T) mask of real columns and the
+    next-token logits (b, V) in float32.
+
+    Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
+    row), then each prompt's own suffix, left-padded to the longest suffix. Position ids count real
+    tokens only, so a row's keys are the ones it would get alone; attention ignores padding, and a
+    padding query attends to itself only, so its (unused) states stay finite.
+    """
+    P = shared_prefix_len(prompt_ids)
+    suffixes = [p[P:] for p in prompt_ids]
+    b, Ts = len(prompt_ids), max(map(len, suffixes))
+    chunk_cache = KVCache(b, P + Ts)
+    if P > 0:
+        prefix_cache = KVCache(1, P)
+        allowed_11PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None, None]
+        model(input_ids=torch.tensor([prompt_ids[0][:P]], device=device),
+              attention_mask=_attention_mask(allowed_11PP, model, dtype),
+              position_ids=torch.arange(P, device=device)[None], use_cache=True, logits_to_keep=1,
+              **{cache_kw: prefix_cache})
+        chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
+        chunk_cache.length = P
+    ids_bT = torch.tensor([[0] * (Ts - len(s)) + list(s) for s in suffixes], device=device)
+    real_bT = torch.arange(Ts, device=device)[None, :] >= torch.tensor([Ts - len(s) for s in suffixes],
+                                                                      device=device)[:, None]
+    pos_bT = P + (real_bT.long().cumsum(-1) - 1).clamp(min=0)
+    causal_TT = torch.ones(Ts, Ts, dtype=torch.bool, device=device).tril()
+    own_bTT = (causal_TT & real_bT[:, None, :]) | torch.eye(Ts, dtype=torch.bool, device=device)
+    prefix_bTP = real_bT[:, :, None].expand(b, Ts, P)  # real queries see the whole shared prefix
+    allowed_b1TK = torch.cat([prefix_bTP, own_bTT], dim=-1)[:, None]
+    out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TK, model, dtype), position_ids=pos_bT,
+                use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
+    valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bT], dim=-1)
+    return chunk_cache, valid_bT, out.logits[:, -1].float()
+
+
+def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
+    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length) and
+    its shared prefix run once (_prefill_chunk); each prompt's K/V go to its n rows of `cache` and
+    its real tokens are marked in valid_BT. Returns the logits of every row's first new token, (B, V)."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    cache_kw = _cache_kwarg(model)
+    lens = [len(p) for p in prompt_ids]
+    T0 = max(lens)
+    first_logits = []
+    start = 0
+    while start < len(prompt_ids):
+        stop = start + 1
+        while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
+            stop += 1
+        chunk_cache, valid_bT, logits_bV = _prefill_chunk(model, prompt_ids[start:stop], cache_kw, dtype, device)
+        rows, cols = slice(start * n, stop * n), slice(T0 - chunk_cache.max_len, T0)
+        cache.insert(chunk_cache, rows, cols, n)
+        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
+        first_logits.append(logits_bV.repeat_interleave(n, dim=0))
+        start = stop
+    cache.length = T0
+    return torch.cat(first_logits)
+
+
+def _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype):
+    """The decode step: every row's newest token (at position pos_B) attends to its cached K/V and to
+    itself, its own K/V are written at column cache.length; returns the next logits (B, V)."""
+    L = cache.length
+    valid_BT[:, L] = True
+    # contiguous: SDPA on CPU is ~1.5x slower with a strided mask
+    mask_B11T = _attention_mask(valid_BT[:, None, None, :L + 1].contiguous(), model, dtype)
+    out = model(input_ids=token_B[:, None], attention_mask=mask_B11T, position_ids=pos_B[:, None],
+                use_cache=True, **{cache_kw: cache})
+    cache.length += 1
+    return out.logits[:, -1]
+
+
+@torch.no_grad()
+def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_ids, stopper, generator,
+                  prefill_tokens, drop_fraction):
+    """Decode n samples of each prompt in one batch; returns (ids, logprobs, reasons) per row."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    cache_kw = _cache_kwarg(model)
+    lens = [len(p) for p in prompt_ids]
+    T0 = max(lens)  # every prompt ends at column T0 - 1; generated tokens follow in lockstep
+    B = len(prompt_ids) * n
+    cache = KVCache(B, T0 + max_new_tokens)
+    valid_BT = torch.zeros(B, T0 + max_new_tokens, dtype=torch.bool, device=device)  # real tokens, per row
+
+    logits_BV = _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens)
+
+    # decode: one token a step for every row still in the batch (the decode step of the sampler)
+    pos_B = torch.tensor(lens, device=device).repeat_interleave(n)
+    rows = list(range(B))  # batch row -> sample index (host copy of row_B)
+    row_B = torch.arange(B, device=device)
+    alive_B = torch.ones(B, dtype=torch.bool, device=device)  # finished rows linger until dropped
+    out_BN = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    logp_BN = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
+    eos_E = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    n_gen = [max_new_tokens] * B
+    reasons = ["length"] * B
+    for step in range(max_new_tokens):
+        token_B, logp_B = sample_tokens(logits_BV, temperature, top_p, generator)
+        out_BN[row_B, step] = token_B
+        logp_BN[row_B, step] = logp_B
+        ended_B = torch.isin(token_B, eos_E) & alive_B
+        alive_B &= ~ended_B
+        for r in ended_B.nonzero().squeeze(-1).tolist():
+            n_gen[rows[r]], reasons[rows[r]] = step + 1, "eos"
+        if stopper is not None:
+            for r in stopper.hits(token_B, out_BN, rows, step + 1):
+                if reasons[rows[r]] == "length":
+                    n_gen[rows[r]], reasons[rows[r]] = step + 1, "stop"
+                    alive_B[r] = False
+        n_alive = int(alive_B.sum())
+        if n_alive == 0 or step == max_new_tokens - 1:
+            break
+        n_dead = len(rows) - n_alive
+        if n_dead > 0 and n_dead >= drop_fraction * len(rows):
+            keep_R = alive_B.nonzero().squeeze(-1)
+            cache.keep(keep_R)
+            valid_BT, pos_B, row_B, token_B = valid_BT[keep_R], pos_B[keep_R], row_B[keep_R], token_B[keep_R]
+            alive_B = alive_B[keep_R]
+            rows = row_B.tolist()
+        logits_BV = _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype)
+        pos_B += 1
+
+    out_BN, logp_BN = out_BN.cpu(), logp_BN.cpu()
+    ids = [out_BN[i, :n_gen[i]].tolist() for i in range(B)]
+    logprobs = [logp_BN[i, :n_gen[i]].clone() for i in range(B)]
+    return ids, logprobs, reasons
+
+
+def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
+           stop_strings=(), tokenizer=None, seed=0, return_logprobs=False, max_batch_rows=None,
+           prefill_tokens=None, drop_fraction=0.25):
+    """Sample n replies to each prompt (lists of token ids, e.g. a chat-templated prompt).
+
+    temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any of `eos_ids`
+    (default: the model's generation config, else the tokenizer's EOS) or once its decoded reply
+    contains one of `stop_strings` (needs `tokenizer`), else after `max_new_tokens`. Seeded with
+    a local generator: the same call gives the same samples whatever the global RNG state.
+    `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
+    `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
+    GPU); rows are dropped from the batch
+    once `drop_fraction` of it has finished. The model is put in eval mode and restored after.
+    Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
+    """
+    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need n >= 1, max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1 "
+                         f"(got {n}, {max_new_tokens}, {temperature}, {top_p})")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer")
+    layer_types = getattr(model.config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"sample() supports full attention only, the model has layer types {set(layer_types)}")
+    eos_ids = _default_eos_ids(model, tokenizer) if eos_ids is None else list(eos_ids)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    vocab_size = max(model.get_output_embeddings().weight.shape[0], len(tokenizer) if tokenizer is not None else 0)
+    if prefill_tokens is None:  # small chunks stay in a CPU's caches; a GPU wants big ones
+        prefill_tokens = 2048 if device.type == "cpu" else 16384
+    stopper = _StopStrings(stop_strings, tokenizer, vocab_size, device) if stop_strings else None
+    per_batch = len(prompt_ids) if max_batch_rows is None else max(1, max_batch_rows // n)
+
+    # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    was_training = model.training
+    model.eval()
     try:
-        main()
-    except UserError as e:
-        print(f"rl.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
+        for start in range(0, len(order), per_batch):
+            batch = [prompt_ids[i] for i in order[start:start + per_batch]]
+            results += zip(*_sample_batch(model, batch, n, max_new_tokens, temperature, top_p, eos_ids, stopper,
+                                          generator, prefill_tokens, drop_fraction))
+    finally:
+        model.train(was_training)
+    rank = {p: r for r, p in enumerate(order)}
+    ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
+    ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)
+    texts = None
+    if tokenizer is not None:
+        texts = [cut_at_stop(t, stop_strings) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return Samples(ids=ids, texts=texts, logprobs=logprobs if return_logprobs else None,
+                   truncated=[r == "length" for r in reasons], stop_reason=reasons)
+
+
+# -----------------------------------------------------------------------------
+# Rewards of one reply, from the environments' own functions (used by rollout(), the evaluator and
+# the distillation filter; nothing else scores a reply)
+
+
+def reward(reply, meta):
+    """The study's reward for one reply to a prompt record's `meta`.
+    Sokoban (single step, as the paper's RL): 1.0 if the reply is well formed (a think block, then
+    the answer) and names one of the state's optimal moves in the vocabulary the environment
+    accepts, else 0.0. General Points: env_gpoints.score, +5 / -1 / -2 / -3."""
+    if meta["task"] == "sokoban":
+        action = env_sokoban.parse_answer(reply, meta["accepted"])
+        well_formed = "</think>" in reply and reply.find("</think>") < reply.rfind("<answer>")
+        return 1.0 if well_formed and action in meta["optimal"] else 0.0
+    if meta["task"] == "gpoints":
+        return float(env_gpoints.score(reply, meta["values"], meta["target"]))
+    raise ValueError(f"unknown task {meta['task']!r}")
+
+
+def is_correct(reply, meta):
+    """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
+    return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))
+
+
+if __name__ == "__main__":
+    sft.run_cli(main, "rl.py")
 
 # -----------------------------------------------------------------------------
 # pitfalls this file avoids (see ../shared/STYLE.md)
 # - Log-probs without the temperature: response_logprobs divides the logits by --temperature,
-#   exactly as eval.sample does; log.jsonl's logp_sampler_diff shows the two agree.
+#   exactly as sample() does; log.jsonl's logp_sampler_diff shows the two agree.
 # - Dropout on during RL: every module stays in eval mode; nothing in the loop calls .train().
-# - Sampling through the DDP wrapper: eval.sample gets the bare `lm`; the loss forward goes
+# - Sampling through the DDP wrapper: sample() gets the bare `lm`; the loss forward goes
 #   through `model` (the wrapper) so its backward all-reduces, with no_sync around all but the
-#   last micro-batch of an update.
+#   last micro-batch of an update (sft.grad_sync).
 # - Per-micro-batch normalisation: token losses are sums, scaled once by
 #   sft.step_loss_scale(tokens of the mini-batch over all ranks).
 # - The reference model is frozen (requires_grad False) and in eval mode.

@@ -190,7 +190,8 @@ def test_score_levels(reply, values, expected):
 
 def test_hostile_input_is_bounded():
     rng = np.random.default_rng(1234)
-    fragments = list("0123456789+-*/()=. {}[]:,'\"\\x<>") + ['{"formula": "', "'formula': '", '"}', "</think>", "<answer>", "</answer>", "**", "24"]
+    fragments = list("0123456789+-*/()=. {}[]:,'\"\\x<>") + ['{"formula": "', "'formula': '", '"}', "</think>",
+                                                             "<answer>", "</answer>", "**", "24"]
     worst = 0.0
     for _ in range(3000):
         reply = "".join(fragments[i] for i in rng.integers(len(fragments), size=int(rng.integers(0, 60))))
@@ -276,14 +277,17 @@ def test_deal_train_and_exclude(monkeypatch):
     (["1", "1", "1", "1"], 0, "['A', 'A', 'A', 'A'] -> [1, 1, 1, 1]: 0 distinct solutions"),  # 1 is read as the ace
     (["1", "2", "3", "4"], 0, "['A', '2', '3', '4'] -> [1, 2, 3, 4]:"),
     (["a", "j", "5", "k"], 0, "['A', 'J', '5', 'K'] -> [1, 10, 5, 10]:"),
-    (["Z", "3", "0", "8"], 2, "env_gpoints.py: error: unknown card Z 0: the cards are A 2 3 4 5 6 7 8 9 10 J Q K 14 15 16 17 18 19 (or 1 for A)"),
+    (["Z", "3", "0", "8"], 2,
+     "env_gpoints.py: error: unknown card Z 0: the cards are A 2 3 4 5 6 7 8 9 10 J Q K 14 15 16 17 18 19 "
+     "(or 1 for A)"),
 ])
 def test_cli_cards(cards, status, expected):
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "env_gpoints.py", "--cards", *cards], cwd=root, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "env_gpoints.py", "--cards", *cards], cwd=root, capture_output=True,
+                            text=True)
     assert result.returncode == status and "Traceback" not in result.stderr
     if status:
         assert result.stderr.strip().splitlines() == [expected]

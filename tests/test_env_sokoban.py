@@ -11,7 +11,8 @@ from collections import deque
 import pytest
 
 import env_sokoban
-from env_sokoban import ACTIONS, VARIANTS, VOCABS, SokobanEnv, canonical_key, optimal_actions, parse_answer, solve, symmetries
+from env_sokoban import (ACTIONS, VARIANTS, VOCABS, SokobanEnv, canonical_key, optimal_actions, parse_answer, solve,
+                         symmetries)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = [((6, 6), 1), ((10, 10), 1), ((6, 6), 2), ((10, 10), 2)]
@@ -107,7 +108,8 @@ def brute_force_optimal_actions(env):
     for action in ACTIONS:
         child = env.copy()
         child.step(action)
-        if (child.player, child.boxes) != (env.player, env.boxes) and length and brute_force_distance(child) == length - 1:
+        moved = (child.player, child.boxes) != (env.player, env.boxes)
+        if moved and length and brute_force_distance(child) == length - 1:
             moves.add(action)
     return moves
 
@@ -142,7 +144,8 @@ def test_optimal_actions_returns_every_tie():
 
 
 def test_solver_edge_cases():
-    assert solve(room("# # # #\n# P √ #\n# # # #")) == [] and optimal_actions(room("# # # #\n# P √ #\n# # # #")) == set()
+    boxed_in = "# # # #\n# P √ #\n# # # #"
+    assert solve(room(boxed_in)) == [] and optimal_actions(room(boxed_in)) == set()
     dead = room("# # # # #\n# P _ X #\n# O _ _ #\n# # # # #")  # box in a corner: never solvable
     assert solve(dead) is None and optimal_actions(dead) == set()
     far = room("# " * 36 + "\n# P X " + "_ " * 31 + "O #\n" + "# " * 36)  # 32 pushes away
@@ -161,7 +164,8 @@ def test_generated_rooms_are_solvable_within_30_and_well_formed():
             assert info["seed"] == seed and obs == env.render()
             assert len(env.boxes) == len(env.targets) == num_boxes and not env.is_solved()
             assert env.render().count("\n") == dim[0] - 1 and len(env.render().splitlines()[0].split()) == dim[1]
-            border = [(r, c) for r in range(dim[0]) for c in range(dim[1]) if r in (0, dim[0] - 1) or c in (0, dim[1] - 1)]
+            border = [(r, c) for r in range(dim[0]) for c in range(dim[1])
+                      if r in (0, dim[0] - 1) or c in (0, dim[1] - 1)]
             assert set(border) <= env.walls
             solution = solve(env)
             assert solution is not None and 1 <= len(solution) <= 30
@@ -183,8 +187,10 @@ def test_generation_is_reproducible_across_processes():
     outputs = []
     for hash_seed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        outputs.append(subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout)
-    here = "\n=\n".join(env_sokoban.generate_room(d, b, s).render() for d, b in [((6, 6), 1), ((10, 10), 2)] for s in range(5))
+        outputs.append(subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    here = "\n=\n".join(env_sokoban.generate_room(d, b, s).render()
+                         for d, b in [((6, 6), 1), ((10, 10), 2)] for s in range(5))
     assert outputs[0] == outputs[1] == here + "\n"
 
 
@@ -269,7 +275,8 @@ def test_parse_answer(reply, names, expected):
 
 def test_parse_answer_never_raises_on_fuzz_and_is_fast_on_megabytes():
     rng = random.Random(0)
-    alphabet = ["<answer>", "</answer>", "<ANSWER>", "<", ">", "/", "Up", "1", "*", "\ufe0f", "⬆", " ", "\n", "a", "\x00", "İ", "\ud800"]
+    alphabet = ["<answer>", "</answer>", "<ANSWER>", "<", ">", "/", "Up", "1", "*", "\ufe0f", "⬆", " ", "\n", "a",
+                "\x00", "İ", "\ud800"]
     for _ in range(3000):
         reply = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         for vocab in VOCABS.values():
@@ -293,4 +300,5 @@ def test_parse_answer_never_raises_on_fuzz_and_is_fast_on_megabytes():
 def test_cli_refuses_rooms_it_cannot_make(argv, message):
     result = subprocess.run([sys.executable, "env_sokoban.py", *argv], cwd=ROOT, capture_output=True, text=True)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("env_sokoban.py: error:") and message in lines[0]
+    assert result.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("env_sokoban.py: error:") and message in lines[0]

@@ -1,4 +1,5 @@
-"""Tests of eval.py: the KV-cached sampler on tiny random Qwen2 / Llama models (CPU, fp32 unless said)."""
+"""Tests of eval.py, and of the KV-cached sampler it plays with (rl.py) on tiny random Qwen2 / Llama
+models (CPU, fp32 unless said)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import eval as eval_module
 import sft
-from eval import Samples, cut_at_stop, sample
+from rl import Samples, cut_at_stop, sample
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -164,7 +165,8 @@ def test_stop_strings_cut(qwen, tok, prompts):
 
 
 def test_cut_at_stop():
-    assert cut_at_stop("<think>a</think><answer>Up</answer> more", ["</answer>"]) == "<think>a</think><answer>Up</answer>"
+    assert cut_at_stop("<think>a</think><answer>Up</answer> more", ["</answer>"]) == \
+        "<think>a</think><answer>Up</answer>"
     assert cut_at_stop("x </b> y </a>", ["</a>", "</b>"]) == "x </b>"
     assert cut_at_stop("nothing", ["</a>"]) == "nothing"
 
@@ -225,7 +227,8 @@ def test_bad_arguments(qwen, prompts):
 def test_position_ids_count_real_tokens(qwen, prompts):
     prompts = sorted(prompts, key=len)  # the sampler batches prompts by length; keep its order here
     seen = []
-    hook = qwen.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    hook = qwen.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()),
+                                                with_kwargs=True)
     try:
         sample(qwen, prompts, n=2, temperature=0, max_new_tokens=3, eos_ids=[], drop_fraction=2.0)
     finally:
@@ -287,7 +290,8 @@ def test_solver_policy_wins_every_variant_but_fake(data):
             assert (m["success"], m["valid"], m["turns"]) == (0.0, 0.0, 30.0)
         else:
             assert (m["success"], m["valid"], m["effective"]) == (1.0, 1.0, 1.0), variant
-            optimal = [len(env_sokoban.solve(env_sokoban.SokobanEnv.from_text(r["meta"]["grid"]))) for r in sets[variant]]
+            optimal = [len(env_sokoban.solve(env_sokoban.SokobanEnv.from_text(r["meta"]["grid"])))
+                       for r in sets[variant]]
             assert m["turns"] == sum(optimal) / len(optimal)
 
 
@@ -317,15 +321,19 @@ def test_gpoints_scoring_of_known_replies(data):
     by_prompt = {r["messages"][0]["content"]: r["meta"] for records in sets.values() for r in records}
 
     def solver(prompts, seed):
-        return ['<think> </think> {"number": %s, "formula": "%s"}' % (by_prompt[p]["values"][::-1], env_gpoints.solve_one(by_prompt[p]["values"]))
+        return ['<think> </think> {"number": %s, "formula": "%s"}' % (by_prompt[p]["values"][::-1],
+                                                                      env_gpoints.solve_one(by_prompt[p]["values"]))
                 for p in prompts]
     results = evaluation.evaluate_gpoints(solver, sets, progress=False)
     assert all(m["success"] == 1.0 and m["valid"] == 1.0 and m["values_read"] == 1.0 for m in results.values())
-    wrong = evaluation.evaluate_gpoints(lambda prompts, seed: ['{"formula": "1+2"}'] * len(prompts), sets, progress=False)
-    assert all(m["success"] == 0.0 and m["valid"] == 0.0 and m["values_read"] == 0.0 for m in wrong.values())  # -2: not the card values
+    wrong = evaluation.evaluate_gpoints(lambda prompts, seed: ['{"formula": "1+2"}'] * len(prompts), sets,
+                                        progress=False)
+    # -2: not the card values
+    assert all(m["success"] == 0.0 and m["valid"] == 0.0 and m["values_read"] == 0.0 for m in wrong.values())
 
     def shown_values(prompts, seed):  # reads the rule as the prompt states it, then fails the arithmetic
-        return ['{"number": %s, "formula": "1+2"}' % env_gpoints.hand_values(by_prompt[p]["cards"], by_prompt[p]["mapping"])
+        return ['{"number": %s, "formula": "1+2"}' % env_gpoints.hand_values(by_prompt[p]["cards"],
+                                                                             by_prompt[p]["mapping"])
                 for p in prompts]
     shown = evaluation.evaluate_gpoints(shown_values, sets, progress=False)
     assert shown["id"]["values_read"] == 1.0 and shown["all5"]["values_read"] == 1.0 and shown["id"]["success"] == 0.0
@@ -347,7 +355,8 @@ def test_wilson_interval_and_table_lists_every_variant():
 def test_distill_keeps_the_first_correct_reply(data, monkeypatch):
     path = os.path.join(data, "sokoban", "train_ans.jsonl")
     records = [json.loads(line) for line in open(path, encoding="utf-8")][:5]
-    good = lambda r: f"<think> plan </think> <answer> {r['meta']['names'][r['meta']['optimal'][0]]} </answer>"  # noqa: E731
+    good = lambda r: (  # noqa: E731
+        f"<think> plan </think> <answer> {r['meta']['names'][r['meta']['optimal'][0]]} </answer>")
 
     def fake_sample(model, prompt_ids, *, n, **kw):  # replies: wrong, right, right for even prompts; all wrong for odd
         texts = []
@@ -367,14 +376,17 @@ def test_distill_keeps_the_first_correct_reply(data, monkeypatch):
 def test_cli_runs_on_a_tiny_model_and_reports_bad_input(data, tmp_path):
     model_dir = sft.build_tiny_model(str(tmp_path / "tiny"), TEXTS * 4, hidden=32, layers=1, heads=2, ffn=64, vocab=300)
     out = tmp_path / "gp.json"
-    run = lambda *a: subprocess.run([sys.executable, "eval.py", *a], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "eval.py", *a], cwd=ROOT,
+                                    capture_output=True, text=True)  # noqa: E731
     result = run("--model", model_dir, "--task", "gpoints", "--data", data, "--limit", "2", "--max-new-tokens", "4",
                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     saved = json.loads(out.read_text())
     assert list(saved["variants"]) == list(evaluation.GPOINTS_VARIANTS) and "| valid |" in result.stdout
-    for args, message in ((("--model", str(tmp_path / "missing"), "--task", "sokoban", "--data", data), "model directory not found"),
-                          (("--model", model_dir, "--task", "sokoban", "--data", str(tmp_path)), "data file not found")):
+    for args, message in ((("--model", str(tmp_path / "missing"), "--task", "sokoban", "--data", data),
+                           "model directory not found"),
+                          (("--model", model_dir, "--task", "sokoban", "--data", str(tmp_path)),
+                           "data file not found")):
         result = run(*args)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -386,7 +398,8 @@ def test_report_puts_the_papers_row_under_each_method(tmp_path):
     result = subprocess.run([sys.executable, "eval.py", "--task", "sokoban", "--report", str(path)], cwd=ROOT,
                             capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and lines[2].startswith("| Ans. | 1.00 |") and lines[3].startswith("| *paper* | *0.98* |")
+    assert result.returncode == 0 and lines[2].startswith("| Ans. | 1.00 |")
+    assert lines[3].startswith("| *paper* | *0.98* |")
 
 
 def test_report_plot_draws_the_table(tmp_path, monkeypatch):
@@ -424,22 +437,29 @@ def test_base_skills_are_scored_per_kind(tmp_path):
     train = {json.loads(line)["messages"][0]["content"] for line in open(tmp_path / "base" / "train.jsonl")}
     records = [json.loads(line) for line in open(tmp_path / "base" / "eval.jsonl")]
     assert records and not train & {r["messages"][0]["content"] for r in records}  # held out
-    oracle = lambda prompts, seed: [f"<think> </think> <answer>  {base_oracle(p)} </answer>" for p in prompts]  # noqa: E731
+    oracle = lambda prompts, seed: [  # noqa: E731
+        f"<think> </think> <answer>  {base_oracle(p)} </answer>" for p in prompts]
     results = evaluation.evaluate_base(oracle, {"base": records})
-    assert {k: m["success"] for k, m in results.items() if k != "arithmetic"} == {"copy": 1.0, "lookup-key": 1.0, "lookup-value": 1.0}
+    assert {k: m["success"] for k, m in results.items() if k != "arithmetic"} == {"copy": 1.0, "lookup-key": 1.0,
+                                                                                  "lookup-value": 1.0}
     assert results["arithmetic"]["success"] == 0.0 and sum(m["n"] for m in results.values()) == len(records)
     assert all(m["valid"] == 1.0 for m in results.values())  # '?' is a wrong answer, but a well-formed one
     broken = lambda prompts, seed: [f"<answer> {base_oracle(p)}" for p in prompts]  # noqa: E731  (no closing tag)
-    assert all(m["success"] == 0 and m["valid"] == 0 for m in evaluation.evaluate_base(broken, {"base": records}).values())
+    results = evaluation.evaluate_base(broken, {"base": records})
+    assert all(m["success"] == 0 and m["valid"] == 0 for m in results.values())
 
 
 EVAL_REFUSALS = {  # id: (argv, message); every one fires before a model is loaded
     "limit 0": (["--model", "{model}", "--task", "sokoban", "--limit", "0"], "--limit must be >= 1"),
     "limit -1": (["--model", "{model}", "--task", "sokoban", "--limit", "-1"], "--limit must be >= 1"),
-    "temperature -1": (["--model", "{model}", "--task", "sokoban", "--temperature", "-1"], "--temperature must be >= 0"),
-    "out under a file": (["--model", "{model}", "--task", "sokoban", "--out", "{file}/r.json"], "is a file, not a directory"),
-    "unknown variant": (["--model", "{model}", "--task", "gpoints", "--variants", "alpha"], "--variants: unknown alpha"),
-    "report of another task": (["--task", "gpoints", "--report", "{sokoban}"], "holds sokoban results, not gpoints ones"),
+    "temperature -1": (["--model", "{model}", "--task", "sokoban", "--temperature", "-1"],
+                       "--temperature must be >= 0"),
+    "out under a file": (["--model", "{model}", "--task", "sokoban", "--out", "{file}/r.json"],
+                         "is a file, not a directory"),
+    "unknown variant": (["--model", "{model}", "--task", "gpoints", "--variants", "alpha"],
+                        "--variants: unknown alpha"),
+    "report of another task": (["--task", "gpoints", "--report", "{sokoban}"],
+                               "holds sokoban results, not gpoints ones"),
 }
 
 
@@ -449,7 +469,8 @@ def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
     argv, message = EVAL_REFUSALS[case]
     (tmp_path / "file").write_text("a regular file")
     (tmp_path / "sok.json").write_text(json.dumps(dict(task="sokoban", label="Ans.", variants={})))
-    files = dict(model=str(tmp_path / "no-model-needed"), file=str(tmp_path / "file"), sokoban=str(tmp_path / "sok.json"))
+    files = dict(model=str(tmp_path / "no-model-needed"), file=str(tmp_path / "file"),
+                 sokoban=str(tmp_path / "sok.json"))
     before = snapshot(str(tmp_path))
     result = subprocess.run([sys.executable, "eval.py", "--data", data] + [a.format(**files) for a in argv], cwd=ROOT,
                             capture_output=True, text=True)
@@ -457,24 +478,30 @@ def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
 
 
 def test_report_skips_the_base_file_and_reads_sweeps(tmp_path):
-    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0, values_read=0.25) for v in evaluation.GPOINTS_VARIANTS}
-    (tmp_path / "base.json").write_text(json.dumps(dict(task="base", label="base", variants={"copy": dict(success=0.5)})))
+    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0, values_read=0.25)
+               for v in evaluation.GPOINTS_VARIANTS}
+    (tmp_path / "base.json").write_text(json.dumps(dict(task="base", label="base",
+                                                        variants={"copy": dict(success=0.5)})))
     (tmp_path / "gp-ans.json").write_text(json.dumps(dict(task="gpoints", label="Ans.", variants=results)))
     curve = [dict(step=s, path=f"run/step_{s}", average=0.5, results=results) for s in (10, 20)]
-    (tmp_path / "gp-sweep.json").write_text(json.dumps(dict(task="gpoints", run="run", label="CoT", best="run/step_20", curve=curve)))
-    result = subprocess.run([sys.executable, "eval.py", "--task", "gpoints", "--report", *sorted(map(str, tmp_path.iterdir()))],
+    (tmp_path / "gp-sweep.json").write_text(json.dumps(dict(task="gpoints", run="run", label="CoT", best="run/step_20",
+                                                            curve=curve)))
+    result = subprocess.run([sys.executable, "eval.py", "--task", "gpoints", "--report",
+                             *sorted(map(str, tmp_path.iterdir()))],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "skipped" in result.stderr and "base.json" in result.stderr
     rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows == ["| method", "| Ans.", "| *paper*", "| CoT", "| *paper*", "| method", "| Ans.", "| CoT"]  # success, then values read
+    assert rows == ["| method", "| Ans.", "| *paper*", "| CoT", "| *paper*",
+                    "| method", "| Ans.", "| CoT"]  # success, then values read
     assert "| Ans. | 0.25 | 0.25 |" in result.stdout
 
 
 def test_readme_tables_come_from_the_committed_results():
     """Every results table of the README is what `eval.py --report` prints from the committed JSON files."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"), ("gpoints", "ans diverse_ans cot diverse_cot rl")):
+    for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"),
+                       ("gpoints", "ans diverse_ans cot diverse_cot rl")):
         paths = [os.path.join(ROOT, "results", "tiny", task, f"{task}-{row}.json") for row in rows.split()]
         table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
         assert table in readme, task
@@ -482,4 +509,5 @@ def test_readme_tables_come_from_the_committed_results():
     for model in ("tiny", "smollm2"):
         quick = [os.path.join(ROOT, "results", model, "quick", f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
         table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
-        assert table in readme and open(os.path.join(ROOT, "results", model, "quick", "sokoban.md"), encoding="utf-8").read().strip() == table
+        committed = open(os.path.join(ROOT, "results", model, "quick", "sokoban.md"), encoding="utf-8").read()
+        assert table in readme and committed.strip() == table

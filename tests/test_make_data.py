@@ -67,13 +67,17 @@ def test_sokoban_targets_are_optimal_and_cot_names_the_action(data):
                 assert f"named {meta['names'][action]}." in r["messages"][1]["content"]
 
 
-def test_sokoban_eval_never_overlaps_training_in_any_orientation(data):
-    eval_keys = {sok.canonical_key(r["meta"]["grid"]) for v in SOK_FILES if v.startswith("eval")
-                 for r in load(data, "sokoban", v)}
-    for name in SOK_FILES:
+def assert_eval_never_in_training(data, task, files, key):
+    """No training or RL record has the key (of its meta) of an evaluation record."""
+    eval_keys = {key(r["meta"]) for v in files if v.startswith("eval") for r in load(data, task, v)}
+    for name in files:
         if not name.startswith("eval"):
-            for r in load(data, "sokoban", name):
-                assert sok.canonical_key(r["meta"]["grid"]) not in eval_keys
+            for r in load(data, task, name):
+                assert key(r["meta"]) not in eval_keys
+
+
+def test_sokoban_eval_never_overlaps_training_in_any_orientation(data):
+    assert_eval_never_in_training(data, "sokoban", SOK_FILES, lambda meta: sok.canonical_key(meta["grid"]))
 
 
 def test_sokoban_variants_as_in_the_paper(data):
@@ -124,12 +128,7 @@ def test_gpoints_targets_score_five_and_cot_reaches_target(data):
 
 
 def test_gpoints_eval_hands_never_in_training(data):
-    eval_keys = {gp.hand_key(r["meta"]["cards"]) for v in GP_FILES if v.startswith("eval")
-                 for r in load(data, "gpoints", v)}
-    for name in GP_FILES:
-        if not name.startswith("eval"):
-            for r in load(data, "gpoints", name):
-                assert gp.hand_key(r["meta"]["cards"]) not in eval_keys
+    assert_eval_never_in_training(data, "gpoints", GP_FILES, lambda meta: gp.hand_key(meta["cards"]))
 
 
 def test_gpoints_mappings_as_in_the_paper(data):
@@ -175,7 +174,8 @@ def test_bad_arguments_give_one_line(argv, message):
 def test_base_corpus_is_generic_and_answerable(tmp_path):
     make_data.main(["--out", str(tmp_path), "--scale", "small", "--tasks", "base", "--style", "compact"])
     records = load(str(tmp_path), "base", "train")
-    assert len(records) == 200 and {r["meta"]["kind"] for r in records} == {"lookup-key", "lookup-value", "copy", "arithmetic"}
+    assert len(records) == 200 and {r["meta"]["kind"] for r in records} == {"lookup-key", "lookup-value", "copy",
+                                                                            "arithmetic"}
     forbidden = {"up", "down", "left", "right", "sokoban", "cards", "√"}
     for r in records:
         prompt, reply = r["messages"][0]["content"], r["messages"][1]["content"]
@@ -184,7 +184,8 @@ def test_base_corpus_is_generic_and_answerable(tmp_path):
         assert answer == "Up"  # one well-formed answer tag
         word = reply.split("<answer>")[1].split("</answer>")[0].strip()
         if r["meta"]["kind"] != "arithmetic":
-            assert f" {word.split()[0]} " in prompt.replace("\n", " ").replace(",", " ")  # copied, spaced as in the reply
+            # copied, spaced as in the reply
+            assert f" {word.split()[0]} " in prompt.replace("\n", " ").replace(",", " ")
         else:
             assert int(word) == _arith(prompt.split(":")[1].split("\n")[0].strip())
 
@@ -203,7 +204,8 @@ def _arith(expression):
 
 
 def test_make_data_refuses_negative_sizes_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "make_data.py", "--out", str(tmp_path / "d"), "--sok-train-rooms", "-3"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "make_data.py", "--out", str(tmp_path / "d"), "--sok-train-rooms", "-3"],
+                            cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "d").exists()
     assert result.stderr.strip().splitlines() == ["make_data.py: error: --sok-train-rooms -3: sizes must be >= 1"]

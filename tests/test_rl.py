@@ -15,11 +15,10 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import eval as evaluation  # noqa: E402
 import rl  # noqa: E402
 import sft  # noqa: E402
+from test_sft import WORDS  # noqa: E402
 
-WORDS = "apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver meadow".split()
 
 
 def write_toy_prompts(path, n=32, seed=0):
@@ -27,7 +26,8 @@ def write_toy_prompts(path, n=32, seed=0):
     with open(path, "w") as f:
         for _ in range(n):
             w = rng.choice(WORDS)
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"Say a word like {w}."}], "meta": {"word": w}}) + "\n")
+            record = {"messages": [{"role": "user", "content": f"Say a word like {w}."}], "meta": {"word": w}}
+            f.write(json.dumps(record) + "\n")
     return path
 
 
@@ -57,7 +57,8 @@ def toy(tmp_path_factory):
 def run_rl(toy, out, *extra, reward=length_reward):
     data, model = toy
     argv = ["--model", model, "--data", data, "--out", str(out), "--dtype", "fp32", "--prompts-per-step", "4",
-            "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-3", "--micro-batch-size", "4"] + [str(a) for a in extra]
+            "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-3", "--micro-batch-size", "4"]
+    argv += [str(a) for a in extra]
     return rl.main(argv, reward_fn=reward, correct_fn=never_correct)
 
 
@@ -137,7 +138,7 @@ def test_training_logprobs_equal_the_samplers(toy):
     tok, lm = sft.load_tokenizer(model_dir), sft.load_model(model_dir, "fp32", "cpu").eval()
     prompts = [sft.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
     assert all(isinstance(t, int) for t in prompts[0])
-    s = evaluation.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
+    s = rl.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
     ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
     ids_BT, resp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
@@ -148,7 +149,8 @@ def test_training_logprobs_equal_the_samplers(toy):
     assert (wrong_N - sampler_N).abs().max() > 1e-3  # forgetting the temperature would be caught
 
 
-@pytest.mark.parametrize("algo,extra", [("grpo", []), ("grpo", ["--ppo-epochs", "2", "--mini-batch-size", "8", "--kl-coef", "0.1"]),
+@pytest.mark.parametrize("algo,extra",
+                         [("grpo", []), ("grpo", ["--ppo-epochs", "2", "--mini-batch-size", "8", "--kl-coef", "0.1"]),
                                         ("ppo", ["--group-size", "1", "--ppo-epochs", "2"])])
 def test_ratio_is_exactly_one_on_the_first_mini_batch(toy, tmp_path, algo, extra):
     rows = run_rl(toy, tmp_path / "r", "--algo", algo, "--max-steps", "2", "--temperature", "0.7", *extra)
@@ -165,8 +167,8 @@ def test_ratio_is_exactly_one_on_the_first_mini_batch(toy, tmp_path, algo, extra
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_every_parameter_changes_after_one_step(toy, tmp_path, algo):
     data, model_dir = toy
-    run_rl(toy, tmp_path / "r", "--algo", algo, "--max-steps", "1", "--weight-decay", "0", "--vf-lr" if algo == "ppo" else "--lr",
-           "1e-3", "--kl-coef", "0.05" if algo == "ppo" else "0")
+    run_rl(toy, tmp_path / "r", "--algo", algo, "--max-steps", "1", "--weight-decay", "0",
+           "--vf-lr" if algo == "ppo" else "--lr", "1e-3", "--kl-coef", "0.05" if algo == "ppo" else "0")
     before, after = load_file(os.path.join(model_dir, "model.safetensors")), weights(tmp_path / "r")
     assert before.keys() == after.keys()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
@@ -180,8 +182,9 @@ def test_every_parameter_changes_after_one_step(toy, tmp_path, algo):
 
 
 def test_reward_rises_on_a_toy_task(toy, tmp_path):
-    rows = run_rl(toy, tmp_path / "r", "--algo", "grpo", "--max-steps", "20", "--prompts-per-step", "8", "--group-size", "8",
-                  "--max-new-tokens", "1", "--lr", "1e-2", "--micro-batch-size", "64", reward=vowel_reward)
+    rows = run_rl(toy, tmp_path / "r", "--algo", "grpo", "--max-steps", "20", "--prompts-per-step", "8",
+                  "--group-size", "8", "--max-new-tokens", "1", "--lr", "1e-2", "--micro-batch-size", "64",
+                  reward=vowel_reward)
     first, last = sum(r["reward"] for r in rows[:5]) / 5, sum(r["reward"] for r in rows[-5:]) / 5
     assert last > first + 0.3 and last > 0.6, [round(r["reward"], 2) for r in rows]
     assert all(0 <= r["zero_var_groups"] <= 1 for r in rows)
@@ -189,7 +192,8 @@ def test_reward_rises_on_a_toy_task(toy, tmp_path):
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_resume_equals_an_uninterrupted_run(toy, tmp_path, algo):
-    extra = ["--algo", algo, "--max-steps", "4", "--save-every", "2", "--ppo-epochs", "2", "--mini-batch-size", "8", "--kl-coef", "0.05"]
+    extra = ["--algo", algo, "--max-steps", "4", "--save-every", "2", "--ppo-epochs", "2", "--mini-batch-size", "8",
+             "--kl-coef", "0.05"]
     if algo == "ppo":
         extra += ["--group-size", "2"]
     full = run_rl(toy, tmp_path / "full", *extra)
@@ -250,8 +254,9 @@ def test_incompatible_flags_are_refused(tmp_path, extra, message):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py"), "--model", "m", "--data", "d", "--out", str(tmp_path),
-                           "--group-size", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py"), "--model", "m", "--data", "d",
+                           "--out", str(tmp_path), "--group-size", "1"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("rl.py: error:")
 
 
@@ -261,7 +266,8 @@ def test_cli_error_is_one_line(tmp_path):
 from test_sft import assert_refused, fake_run, snapshot  # noqa: E402
 
 RL_REFUSALS = {  # id: (extra argv, what OUT holds before, message)
-    "more prompts a step than prompts": (["--prompts-per-step", 256], None, "--prompts-per-step 256 is more than the 32 prompts"),
+    "more prompts a step than prompts": (["--prompts-per-step", 256], None,
+                                         "--prompts-per-step 256 is more than the 32 prompts"),
     "lr 0": (["--lr", 0], None, "--lr and --vf-lr must be > 0"),
     "negative kl": (["--kl-coef", -1], None, "must be >= 0"),
     "out under a file": (["--out", "{file}/run"], None, "is a file, not a directory"),
@@ -282,7 +288,8 @@ def test_cli_refuses_bad_input_before_any_work(case, toy, tmp_path):
     files = dict(empty=str(tmp_path / "empty.jsonl"), file=str(tmp_path / "file"))
     out = str(tmp_path / "out")
     if prior:
-        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), model=model, steps=() if prior == "config" else (3,))
+        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), model=model,
+                 steps=() if prior == "config" else (3,))
     argv = ["--model", model, "--data", data, "--out", out, "--prompts-per-step", 4, "--group-size", 2] + extra
     before = snapshot(str(tmp_path))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "rl.py")] + [str(a).format(**files) for a in argv],

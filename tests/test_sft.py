@@ -16,7 +16,8 @@ sys.path.insert(0, ROOT)
 import sft  # noqa: E402
 
 TINY = ["--tiny-hidden", "32", "--tiny-layers", "2", "--tiny-heads", "2", "--tiny-ffn", "64", "--tiny-vocab", "400"]
-WORDS = "apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver meadow".split()
+WORDS = ("apple river stone cloud tiger lemon piano rocket candle forest mirror velvet orange copper silver "
+         "meadow").split()
 
 
 def write_copy_task(path, n=128, seed=0):
@@ -40,12 +41,14 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_dir(data, tmp_path_factory):
     texts = [x for r in sft.read_jsonl(data) for m in r["messages"] for x in (m["role"], m["content"])]
-    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64, vocab=400)
+    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64,
+                                vocab=400)
 
 
 def run_sft(*args, nproc=1, check=True):
     cmd = [sys.executable, os.path.join(ROOT, "sft.py")] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", os.path.join(ROOT, "sft.py")]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         os.path.join(ROOT, "sft.py")]
     proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,15 +121,18 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     loss = sft.token_loss_sum(logits_BTV[keep_BT], targets_N)
     logits_BTV[~keep_BT] = 100 * torch.randn_like(logits_BTV[~keep_BT])
     assert torch.equal(loss, sft.token_loss_sum(logits_BTV[keep_BT], targets_N))
-    assert math.isclose(sft.token_loss_sum(torch.zeros(len(targets_N), V), targets_N).item(), len(targets_N) * math.log(V), rel_tol=1e-5)
+    assert math.isclose(sft.token_loss_sum(torch.zeros(len(targets_N), V), targets_N).item(),
+                        len(targets_N) * math.log(V), rel_tol=1e-5)
 
 
 def test_template_without_end_token_gets_eos(tiny_dir):
     tok = sft.load_tokenizer(tiny_dir)
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' if m['role'] != 'assistant' else m['role'] + ': ' + m['content'] }}{% endfor %}"
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' if m['role'] != "
+                         "'assistant' else m['role'] + ': ' + m['content'] }}{% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
     ids, mask = sft.encode_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "apple"}])
-    assert ids[-1] == tok.eos_token_id and mask[-1] == 1 and tok.decode([i for i, m in zip(ids, mask) if m]) == "apple<|im_end|>"
+    assert ids[-1] == tok.eos_token_id and mask[-1] == 1
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "apple<|im_end|>"
 
 
 def test_max_length_policy_is_loud(data, tiny_dir, capsys):
@@ -153,7 +159,8 @@ def test_plan_epoch_groups_lengths_and_is_deterministic():
     assert len(plan) == 1000 // 64 and len(flat) == len(set(flat)) == 64 * len(plan)
 
     def pad_share(p):
-        return 1 - sum(lengths[i] for s in p for mb in s for i in mb) / sum(len(mb) * max(lengths[i] for i in mb) for s in p for mb in s)
+        real = sum(lengths[i] for s in p for mb in s for i in mb)
+        return 1 - real / sum(len(mb) * max(lengths[i] for i in mb) for s in p for mb in s)
     assert pad_share(plan) < 0.1 < pad_share(sft.plan_epoch(lengths, 64, 8, 1, 0, group_by_length=False))
 
 
@@ -193,7 +200,8 @@ def test_loss_decreases_and_final_loads_and_generates(data, tmp_path):
     assert os.path.isdir(os.path.join(out, "step_20")) and sft.latest_checkpoint(out).endswith("step_20")
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "final"))
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Grid:\n#_O\nRepeat the word tiger."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Grid:\n#_O\nRepeat the word tiger."}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
     gen = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert gen.shape[1] > prompt["input_ids"].shape[1]
     assert isinstance(tok.decode(gen[0, prompt["input_ids"].shape[1]:]), str)
@@ -218,7 +226,8 @@ def test_compiled_layers_train_like_eager_ones(data, tiny_dir, reference_run, tm
     assert set(ref) == set(got)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=1e-4, rtol=1e-3)
-    assert [round(r["loss"], 4) for r in log(out)] == pytest.approx([round(r["loss"], 4) for r in log(reference_run)], abs=1e-3)
+    assert [round(r["loss"], 4) for r in log(out)] == pytest.approx([round(r["loss"], 4) for r in log(reference_run)],
+                                                                    abs=1e-3)
 
 
 def test_fsdp_and_grad_checkpointing_under_gloo(data, tiny_dir, reference_run, tmp_path):
@@ -245,8 +254,8 @@ def test_kill_and_resume_equals_uninterrupted(data, tiny_dir, reference_run, tmp
 
 def test_kl_and_l2_penalties(data, tiny_dir, tmp_path):
     out = str(tmp_path / "kl")
-    run_sft("--model", tiny_dir, "--data", data, "--out", out, "--batch-size", 8, "--micro-batch-size", 4, "--max-steps", 3,
-            "--lr", "1e-2", "--kl-coef", 0.1, "--l2-coef", 0.1)
+    run_sft("--model", tiny_dir, "--data", data, "--out", out, "--batch-size", 8, "--micro-batch-size", 4,
+            "--max-steps", 3, "--lr", "1e-2", "--kl-coef", 0.1, "--l2-coef", 0.1)
     rows = log(out)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[0]["l2"] == 0.0
     assert rows[-1]["kl"] > 0 and rows[-1]["l2"] > 0
@@ -263,9 +272,11 @@ def test_bad_inputs_give_one_line_errors(data, tiny_dir, tmp_path):
     with pytest.raises(sft.UserError, match="nowhere/model"):
         sft.load_model(str(tmp_path / "nowhere/model"))
     proc = run_sft("--model", str(tmp_path / "missing"), "--data", data, "--out", str(tmp_path / "o"), check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("sft.py: error: model directory not found")
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last_line.startswith("sft.py: error: model directory not found")
     assert "Traceback" not in proc.stderr
-    proc = run_sft("--model", tiny_dir, "--data", data, "--out", str(tmp_path / "o"), "--batch-size", 8, "--micro-batch-size", 3, check=False)
+    proc = run_sft("--model", tiny_dir, "--data", data, "--out", str(tmp_path / "o"), "--batch-size", 8,
+                   "--micro-batch-size", 3, check=False)
     assert proc.returncode == 2 and "multiple of" in proc.stderr
 
 
@@ -279,7 +290,8 @@ def snapshot(path):
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             p = os.path.join(root, name)
-            seen[os.path.relpath(p, path)] = (open(p, "rb").read() if os.path.isfile(p) else None, os.stat(p).st_mtime_ns)
+            seen[os.path.relpath(p, path)] = (open(p, "rb").read() if os.path.isfile(p) else None,
+                                              os.stat(p).st_mtime_ns)
     return seen
 
 
@@ -336,8 +348,10 @@ def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
     (tmp_path / "file").write_text("a regular file")
     out = str(tmp_path / "out")
     if prior:
-        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"), steps=() if prior == "config" else (3,))
-    argv = ["--data", data, "--out", out, *([] if "--model" in extra else TINY)] + [str(a).format(**files) for a in extra]
+        fake_run(out, data if prior != "other" else str(tmp_path / "gpoints.jsonl"),
+                 steps=() if prior == "config" else (3,))
+    argv = ["--data", data, "--out", out, *([] if "--model" in extra else TINY)]
+    argv += [str(a).format(**files) for a in extra]
     before = snapshot(tmp_path)
     assert_refused(run_sft(*argv, check=False), "sft.py", message, before, str(tmp_path))
 
@@ -355,8 +369,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(data, tiny_dir, referenc
     import signal
     import time
     out = str(tmp_path / "cut")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "--model", tiny_dir, "--data", data, "--out", out,
-                             *map(str, SMALL)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "--model", tiny_dir, "--data", data,
+                             "--out", out, *map(str, SMALL)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     log_path = os.path.join(out, "log.jsonl")
     while proc.poll() is None and not (os.path.isfile(log_path) and os.path.getsize(log_path)):
         time.sleep(0.005)

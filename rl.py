@@ -143,7 +143,7 @@ def check_args(args, world):
          f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
         (args.prompts_per_step % world,
          f"--prompts-per-step {args.prompts_per_step} must be divisible by the number of ranks {world}"),
-        (batch % mini,
+        (mini > 0 and batch % mini,
          f"--mini-batch-size {mini} must divide the step's {batch} sequences (--prompts-per-step x --group-size)"),
         (mini % world, f"--mini-batch-size {mini} must be divisible by the number of ranks {world}"),
         (args.temperature <= 0, "--temperature must be > 0 (log-probs are those of the sampling distribution)"),

@@ -247,6 +247,7 @@ def test_ddp_two_ranks_gloo(toy, tmp_path, algo):
     (["--eval-every", "5"], "--eval-every needs --eval-data"),
     (["--gamma", "0.9"], "PPO flags"),
     (["--temperature", "0"], "--temperature"),
+    (["--prompts-per-step", "0"], "must be >= 1"),  # not a ZeroDivisionError from the mini-batch check
 ])
 def test_incompatible_flags_are_refused(tmp_path, extra, message):
     with pytest.raises(sft.UserError, match=message):

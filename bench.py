@@ -407,50 +407,69 @@ def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
     return _cut_at_eos(torch.stack(new, dim=1).tolist(), eos_ids)
 
 
+def _sampler_setup_tiny(seed):
+    """sft.py's tiny model on 400 random-token prompts of 60-200 tokens, 64 random EOS ids, 1 thread."""
+    import random
+    import tempfile
+
+    import torch
+
+    from sft import build_tiny_model, load_model, load_tokenizer
+    n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
+    torch.set_num_threads(1)
+    rng = random.Random(seed)
+    # enough distinct made-up words for a ~2k-token BPE vocabulary
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(3000)]
+    texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_model(tmp + "/tiny", texts)
+        model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
+    vocab = len(tok)
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
+    eos_ids = rng.sample(range(3, vocab), n_eos)
+    what = f"tiny Qwen2, fp32, CPU, 1 thread; {n_prompts} prompts of {min_len}-{max_len} tokens"
+    return model, tok, prompts, eos_ids, what, (n_prompts, max_new_tokens, rounds, subset)
+
+
+def _sampler_setup_chat_model(name, seed):
+    """A real chat model (`--model`) on 48 of the study's Sokoban prompts, its end-of-turn tokens as EOS."""
+    import random
+    import tempfile
+
+    import torch
+
+    from sft import encode_prompts, end_of_turn_ids, load_model, load_tokenizer, resolve_model
+    n_prompts, max_new_tokens, rounds, subset = 48, 48, 2, 8
+    rng = random.Random(seed)
+    model_dir = resolve_model(name)
+    model, tok = load_model(model_dir, "fp32", "cpu").eval(), load_tokenizer(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        records = rng.sample(_sokoban_records(tmp, rooms=60), n_prompts)
+    prompts = encode_prompts(tok, [r["messages"][:1] for r in records])
+    eos_ids = sorted(end_of_turn_ids(tok))
+    lengths = sorted(map(len, prompts))
+    what = (f"{name} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; "
+            f"{n_prompts} Sokoban prompts of {lengths[0]}-{lengths[-1]} tokens")
+    return model, tok, prompts, eos_ids, what, (n_prompts, max_new_tokens, rounds, subset)
+
+
 def bench_sampler(args):
     """rl.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
     eval-size batch of prompts of mixed lengths, sampled at temperature 1 with a set of EOS ids that
     ends rows at mixed steps (a random model rarely says its real EOS); then one greedy round, whose
     outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2
     cores are shared, and timings are far steadier that way."""
-    import random
     import statistics
-    import tempfile
     import time
 
-    import torch
-
     from rl import sample
-    from sft import build_tiny_model, load_model, load_tokenizer
 
     if args.model == "tiny":
-        n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
-        torch.set_num_threads(1)
-        rng = random.Random(args.seed)
-        # enough distinct made-up words for a ~2k-token BPE vocabulary
-        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-                 for _ in range(3000)]
-        texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_model(tmp + "/tiny", texts)
-            model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
-        vocab = len(tok)
-        prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
-        eos_ids = rng.sample(range(3, vocab), n_eos)
-        what = f"tiny Qwen2, fp32, CPU, 1 thread; {n_prompts} prompts of {min_len}-{max_len} tokens"
+        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_tiny(args.seed)
     else:  # a real chat model on the study's prompts, its own end-of-turn tokens as EOS
-        from sft import encode_prompts, end_of_turn_ids, resolve_model
-        n_prompts, max_new_tokens, rounds, subset = 48, 48, 2, 8
-        rng = random.Random(args.seed)
-        model_dir = resolve_model(args.model)
-        model, tok = load_model(model_dir, "fp32", "cpu").eval(), load_tokenizer(model_dir)
-        with tempfile.TemporaryDirectory() as tmp:
-            records = rng.sample(_sokoban_records(tmp, rooms=60), n_prompts)
-        prompts = encode_prompts(tok, [r["messages"][:1] for r in records])
-        eos_ids = sorted(end_of_turn_ids(tok))
-        lengths = sorted(map(len, prompts))
-        what = (f"{args.model} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; "
-                f"{n_prompts} Sokoban prompts of {lengths[0]}-{lengths[-1]} tokens")
+        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_chat_model(args.model, args.seed)
+    n_prompts, max_new_tokens, rounds, subset = sizes
     n_params = sum(p.numel() for p in model.parameters())
     pad_id = tok.pad_token_id
     temperature = 1.0

@@ -404,8 +404,12 @@ def _search(env, max_depth, all_first_moves):
             node[child] = [g + 1, child_mask, state, a]
             heappush(queue, (g + 1 + h, sign * (g + 1), counter, g + 1, child, child_pushes))
             counter += 1
-    if goal is None:
-        return None
+    return None if goal is None else _solution(node, goal, push_distance)
+
+
+def _solution(node, goal, push_distance):
+    """(length, first-move bits OR-ed over every goal state at the goal's depth, the path to `goal`)
+    from _search's table: state -> [depth, first-move bits, parent, action]."""
     length = node[goal][0]
     mask = 0
     for state, (depth, bits, _, _) in node.items():

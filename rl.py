@@ -873,8 +873,20 @@ def sample_tokens(logits_BV, temperature, top_p, generator):
             # keep the smallest top set whose mass reaches top_p (always the most likely token)
             drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
             probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
-        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+        token_B = _inverse_cdf(probs_BV, generator)
     return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(probs_BV, generator):
+    """One draw per row from unnormalised probabilities: the first token whose cumulative mass
+    exceeds a uniform draw. Needs one random number a row, where torch.multinomial on CPU draws one
+    per vocabulary entry (49k for SmolLM2): a quarter of a decode step's time at batch 80."""
+    cdf_BV = probs_BV.cumsum(dim=-1)
+    total_B1 = cdf_BV[:, -1:]
+    u_B1 = torch.rand(total_B1.shape, generator=generator, device=probs_BV.device) * total_B1
+    # strictly below the total, so the draw lands on a token with mass even if u * total rounds up
+    u_B1 = torch.minimum(u_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
+    return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(-1)
 
 
 class _StopStrings:
@@ -1098,8 +1110,12 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
 
     # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    was_training = model.training
+    was_training, attention = model.training, getattr(model.config, "_attn_implementation", None)
     model.eval()
+    if attention == "eager" and hasattr(model, "set_attn_implementation"):
+        # SDPA decodes a grouped-query model without copying K/V once per query head (eager's repeat_kv):
+        # 2.4x the sampler's speed at batch 80 on a CPU, where the trainers keep eager (sft.load_model)
+        model.set_attn_implementation("sdpa")
     try:
         results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
         for start in range(0, len(order), per_batch):
@@ -1108,6 +1124,8 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
                                           generator, prefill_tokens, drop_fraction))
     finally:
         model.train(was_training)
+        if attention == "eager" and model.config._attn_implementation != "eager":
+            model.set_attn_implementation("eager")
     rank = {p: r for r, p in enumerate(order)}
     ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
     ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)

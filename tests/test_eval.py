@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import eval as eval_module
+import rl
 import sft
 from rl import Samples, cut_at_stop, sample
 
@@ -139,6 +140,27 @@ def test_top_p_to_zero_is_greedy(qwen, prompts):
     greedy = sample(qwen, prompts, temperature=0, max_new_tokens=12, eos_ids=[])
     nucleus = sample(qwen, prompts, n=2, temperature=1.0, top_p=1e-6, max_new_tokens=12, eos_ids=[])
     assert nucleus.ids == [ids for ids in greedy.ids for _ in range(2)]
+
+
+def test_sampled_tokens_follow_the_distribution():
+    # one row per distribution: a peaked one, a flat one with zero-mass tokens (what top-p leaves) at
+    # both ends; 20,000 draws each, frequencies within 0.015 of the probabilities (about 5 sigma)
+    probs = torch.tensor([[0.0, 0.7, 0.2, 0.1, 0.0], [0.25, 0.25, 0.0, 0.25, 0.25]])
+    logits = probs.log().repeat_interleave(20_000, dim=0)  # log 0 = -inf: never drawn
+    gen = torch.Generator().manual_seed(0)
+    tokens, logp = rl.sample_tokens(logits, 1.0, 1.0, gen)
+    for row, p in enumerate(probs):
+        counts = torch.bincount(tokens[row * 20_000:(row + 1) * 20_000], minlength=5) / 20_000
+        assert counts[p == 0].sum() == 0
+        assert torch.allclose(counts, p, atol=0.015), (counts, p)
+    assert torch.allclose(logp.exp(), probs.repeat_interleave(20_000, dim=0).gather(-1, tokens[:, None]).squeeze(-1))
+
+
+def test_sampling_leaves_the_models_attention_as_it_was(tiny_dir, prompts):
+    model = sft.load_model(tiny_dir, "fp32")  # eager on a CPU; the sampler decodes with SDPA
+    assert model.config._attn_implementation == "eager"
+    sample(model, prompts, temperature=0, max_new_tokens=4)
+    assert model.config._attn_implementation == "eager"
 
 
 # -----------------------------------------------------------------------------

@@ -533,3 +533,10 @@ def test_readme_tables_come_from_the_committed_results():
         table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
         committed = open(os.path.join(ROOT, "results", model, "quick", "sokoban.md"), encoding="utf-8").read()
         assert table in readme and committed.strip() == table
+    # the SmolLM2 full study, row by row as its rows land (study order)
+    folder = os.path.join(ROOT, "results", "smollm2", "sokoban")
+    rows = [os.path.join(folder, f"sokoban-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
+    rows = [p for p in rows if os.path.exists(p)]
+    table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", rows))
+    committed = open(os.path.join(folder, "sokoban.md"), encoding="utf-8").read()
+    assert table in readme and committed.strip() == table

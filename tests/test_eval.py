@@ -528,10 +528,10 @@ def test_readme_tables_come_from_the_committed_results():
         table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
         assert table in readme, task
         assert open(os.path.join(ROOT, "results", "tiny", task, f"{task}.md"), encoding="utf-8").read().strip() == table
-    for model in ("tiny", "smollm2"):
-        quick = [os.path.join(ROOT, "results", model, "quick", f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
+    for model, tag in (("tiny", "quick"), ("smollm2", "quick"), ("smollm2", "quick-seed1")):
+        quick = [os.path.join(ROOT, "results", model, tag, f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
         table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
-        committed = open(os.path.join(ROOT, "results", model, "quick", "sokoban.md"), encoding="utf-8").read()
+        committed = open(os.path.join(ROOT, "results", model, tag, "sokoban.md"), encoding="utf-8").read()
         assert table in readme and committed.strip() == table
     # the SmolLM2 full study, row by row as its rows land (study order)
     folder = os.path.join(ROOT, "results", "smollm2", "sokoban")

@@ -534,9 +534,10 @@ def test_readme_tables_come_from_the_committed_results():
         committed = open(os.path.join(ROOT, "results", model, tag, "sokoban.md"), encoding="utf-8").read()
         assert table in readme and committed.strip() == table
     # the SmolLM2 full study, row by row as its rows land (study order)
-    folder = os.path.join(ROOT, "results", "smollm2", "sokoban")
-    rows = [os.path.join(folder, f"sokoban-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
-    rows = [p for p in rows if os.path.exists(p)]
-    table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", rows))
-    committed = open(os.path.join(folder, "sokoban.md"), encoding="utf-8").read()
-    assert table in readme and committed.strip() == table
+    for task in ("sokoban", "gpoints"):
+        folder = os.path.join(ROOT, "results", "smollm2", task)
+        rows = [os.path.join(folder, f"{task}-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
+        rows = [p for p in rows if os.path.exists(p)]
+        table = evaluation.format_report(task, evaluation.read_report_rows(task, rows))
+        committed = open(os.path.join(folder, f"{task}.md"), encoding="utf-8").read()
+        assert rows and table in readme and committed.strip() == table, task

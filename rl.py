@@ -102,6 +102,8 @@ def get_parser():
                    help="clip the global gradient norm to this (0: no clipping)")
     g.add_argument("--max-steps", type=int, default=200, help="RL steps")
     g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one rank")
+    g.add_argument("--pad-multiple", type=int, default=32,
+                   help="pad each training micro-batch's length up to a multiple of this (as sft.py; 1: no rounding)")
     g.add_argument("--sample-batch-rows", type=int, default=0,
                    help="most rows the sampler decodes at once (0: all of a rank's share)")
     g = p.add_argument_group("system")
@@ -138,7 +140,8 @@ def check_args(args, world):
          "must be >= 1"),
         (min(args.mini_batch_size, args.sample_batch_rows, args.save_every, args.stop_after, args.eval_every) < 0,
          "--mini-batch-size, --sample-batch-rows, --save-every, --stop-after and --eval-every must be >= 0"),
-        (args.eval_limit < 1 or args.log_every < 1, "--eval-limit and --log-every must be >= 1"),
+        (min(args.eval_limit, args.log_every, args.pad_multiple) < 1,
+         "--eval-limit, --log-every and --pad-multiple must be >= 1"),
         (args.algo == "grpo" and args.group_size < 2,
          f"--algo grpo needs --group-size >= 2 (got {args.group_size}): advantages are relative to the group"),
         (args.prompts_per_step % world,
@@ -397,11 +400,11 @@ def step_prompts(n_records, prompts_per_step, seed, step):
     return out
 
 
-def collate(batch, rows, pad_id, device):
-    """(ids_BT, resp_mask_BT) of rows `rows` of the batch: prompt + response, right-padded; the mask
-    marks response positions."""
+def collate(batch, rows, pad_id, device, multiple=1):
+    """(ids_BT, resp_mask_BT) of rows `rows` of the batch: prompt + response, right-padded to a multiple
+    of `multiple` (sft.pad_length: a few shapes keep a CPU's memory flat); the mask marks response positions."""
     seqs = [batch["prompt"][i] + batch["response"][i] for i in rows]
-    T = max(len(s) for s in seqs)
+    T = sft.pad_length(max(len(s) for s in seqs), multiple)
     ids_BT = torch.full((len(rows), T), pad_id, dtype=torch.long)
     resp_mask_BT = torch.zeros((len(rows), T), dtype=torch.bool)
     for b, (i, s) in enumerate(zip(rows, seqs)):
@@ -452,7 +455,7 @@ def sampling_logprobs(models, batch, args, pad_id, device):
     B, R = batch["mask_BR"].shape
     old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(B, R) for _ in range(3))
     for rows in split_rows(list(range(B)), args.micro_batch_size):
-        ids_BT, resp_BT = collate(batch, rows, pad_id, device)
+        ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
         logp_N, _, values_N = response_logprobs(models.policy, ids_BT, resp_BT, args.temperature, args.dtype, device)
         old_logp_BR[rows] = to_rows(logp_N, rows, batch["lengths"], R)
         if values_N is not None:
@@ -487,7 +490,7 @@ def advantages(batch, args, world, device):
 def micro_batch_loss(model, batch, rows, scale, args, pad_id, device):
     """The objective of rows `rows` (grpo_loss or ppo_loss), through `model` (the DDP wrapper on
     several ranks), and its per-token parts for the log."""
-    ids_BT, resp_BT = collate(batch, rows, pad_id, device)
+    ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
     logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device)
     mask_bR = batch["mask_BR"][rows]
     tokens = lambda x_BR: x_BR[rows][mask_bR].to(device)  # a (B, R) buffer -> these rows' response tokens

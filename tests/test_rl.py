@@ -147,6 +147,13 @@ def test_training_logprobs_equal_the_samplers(toy):
     sampler_N = torch.cat(s.logprobs)
     torch.testing.assert_close(logp_N, sampler_N, atol=1e-5, rtol=0)
     assert (wrong_N - sampler_N).abs().max() > 1e-3  # forgetting the temperature would be caught
+    # padding the rows further (--pad-multiple) changes nothing the model computes for the response
+    multiple = ids_BT.shape[1] + 5
+    idsp_BT, respp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"), multiple=multiple)
+    assert idsp_BT.shape[1] == multiple
+    with torch.no_grad():
+        padded_N, _, _ = rl.response_logprobs(rl.Policy(lm), idsp_BT, respp_BT, 0.7, "fp32", torch.device("cpu"))
+    torch.testing.assert_close(padded_N, logp_N, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("algo,extra",

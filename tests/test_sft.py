@@ -123,6 +123,11 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     assert torch.equal(loss, sft.token_loss_sum(logits_BTV[keep_BT], targets_N))
     assert math.isclose(sft.token_loss_sum(torch.zeros(len(targets_N), V), targets_N).item(),
                         len(targets_N) * math.log(V), rel_tol=1e-5)
+    # --pad-multiple: a longer batch, a multiple of 32, with the same targets and real-token count
+    ids32_BT, mask32_BT, n_real32 = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id, multiple=32)
+    assert ids32_BT.shape[1] % 32 == 0 and ids32_BT.shape[1] >= ids_BT.shape[1] and n_real32 == n_real
+    assert torch.equal(sft.supervised_positions(ids32_BT, mask32_BT)[1], targets_N)
+    assert [sft.pad_length(n, 32) for n in (1, 32, 33)] == [32, 32, 64]
 
 
 def test_template_without_end_token_gets_eos(tiny_dir):

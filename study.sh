@@ -69,13 +69,14 @@ run() {
 }
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
 SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20"
-# sft OUT ARGS...: one SFT run, skipped if OUT/final/ was made by this very command (its line is kept
-# in OUT/command.txt). An OUT left with step_N/ checkpoints and no final/ (a study stopped mid-row)
-# is resumed; otherwise an old run in OUT is replaced. The checkpoints go once final/ is written.
-sft() {
-  local out=$1 again=--overwrite
-  shift
-  local line="$SFT --out $out $*"
+# resumable CMD OUT ARGS...: one training run of CMD (sft.py or rl.py) into OUT, skipped if OUT/final/ was
+# made by this very command (its line is kept in OUT/command.txt). An OUT left with step_N/ checkpoints and
+# no final/ (a study stopped mid-row) is resumed; otherwise an old run in OUT is replaced. The checkpoints
+# go once final/ is written.
+resumable() {
+  local cmd=$1 out=$2 again=--overwrite
+  shift 2
+  local line="$cmd --out $out $*"
   if [ -z "${FRESH:-}" ] && [ -f "$out/final/config.json" ] && [ "$(cat "$out/command.txt" 2> /dev/null)" = "$line" ]; then
     log "$out: trained already by the same command, kept"
     return
@@ -84,10 +85,11 @@ sft() {
     again=--resume
     log "$out: resumed from its last checkpoint"
   fi
-  run $SFT --out "$out" $again "$@"
+  run $cmd --out "$out" $again "$@"
   rm -rf "$out"/step_*
   echo "$line" > "$out/command.txt"
 }
+sft() { resumable "$SFT" "$@"; }
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
 echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
   "RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
@@ -125,8 +127,9 @@ for row in $ROWS; do
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
     sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps $(( STEPS / 5 ))
-    run python rl.py --algo grpo --model "$R/$TASK-cot-warm/final" --data "$T/rl.jsonl" --out "$run" --seed "$SEED" --overwrite \
-      --prompts-per-step 32 --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" --max-steps "$RL_STEPS" --log-every 5
+    resumable "python rl.py --algo grpo --seed $SEED --save-every 10" "$run" --model "$R/$TASK-cot-warm/final" \
+      --data "$T/rl.jsonl" --prompts-per-step 32 --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" \
+      --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
     sft "$run" --model "$START" --data "$T/train_$row.jsonl" --max-steps "$STEPS"

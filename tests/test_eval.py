@@ -536,7 +536,8 @@ def test_readme_tables_come_from_the_committed_results():
     # the SmolLM2 full study, row by row as its rows land (study order)
     for task in ("sokoban", "gpoints"):
         folder = os.path.join(ROOT, "results", "smollm2", task)
-        rows = [os.path.join(folder, f"{task}-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
+        rows = [os.path.join(folder, f"{task}-{row}.json")
+                for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
         rows = [p for p in rows if os.path.exists(p)]
         table = evaluation.format_report(task, evaluation.read_report_rows(task, rows))
         committed = open(os.path.join(folder, f"{task}.md"), encoding="utf-8").read()

@@ -344,7 +344,7 @@ def pad_length(n, multiple):
     """n rounded up to a multiple of `multiple`. A batch padded to its longest row takes a new shape
     nearly every step, and on CPUs oneDNN caches a kernel, with its buffers, per matmul shape: SmolLM2
     on General Points' varied lengths grew to 12-15 GB of memory and slowed down step by step, while
-    a handful of lengths keep it flat (measured on 2 cores: +60 MB a step at batch 4, flat once padded)."""
+    a handful of lengths keep it flat (measured, one thread: +60 MB a step at batch 4, flat once padded)."""
     return -(-n // multiple) * multiple
 
 # -----------------------------------------------------------------------------
@@ -812,7 +812,7 @@ def main(argv=None):
         print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0, device.type))
         start_run_files(args.out, config, start_step)
 
-    lengths, plans = [len(ids) for ids, _ in examples], {}
+    lengths, plans, pad_id = [len(ids) for ids, _ in examples], {}, tokenizer.pad_token_id
     model.train()
     stopper, stop = StopSignal("sft.py"), False
     pbar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, disable=not master, desc="sft")
@@ -824,8 +824,7 @@ def main(argv=None):
             plans = {epoch: plan_epoch(lengths, args.batch_size, args.micro_batch_size, args.seed, epoch,
                                        not args.no_group_by_length)}
         # the step's global plan holds accum x world micro-batches; rank r takes r, r + world, ...
-        micro_batches = [collate(examples, rows, tokenizer.pad_token_id, args.pad_multiple)
-                         for rows in plans[epoch][idx][rank::world]]
+        micro_batches = [collate(examples, rows, pad_id, args.pad_multiple) for rows in plans[epoch][idx][rank::world]]
         lr = lr_at(step, total_steps, warmup_steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -38,15 +38,19 @@ if [ "$MODEL" = tiny ]; then
   else
     : "${ROOMS:=3000}" "${BASE_RECORDS:=60000}" "${COPY_STEPS:=2000}" "${BASE_STEPS:=1200}" "${STEPS:=800}" "${LIMIT:=100}"
   fi
-  : "${BATCH:=128}" "${LR:=1e-3}" "${RL_LR:=1e-4}" "${AUGMENT:=--sok-augment}" "${EVAL_DTYPE:=fp32}"
+  : "${BATCH:=128}" "${LR:=1e-3}" "${RL_LR:=1e-4}" "${RL_PROMPTS:=32}" "${RL_STEPS:=30}" "${AUGMENT:=--sok-augment}"
+  : "${EVAL_DTYPE:=fp32}"
   SFT_EXTRA="--micro-batch-size 128"
 else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
-  : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${RL_LR:=1e-6}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
+  : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
+  # GRPO: a step of 16 prompts x 8 replies costs ~2-3 min here (sampling, then one update), so 20 steps fit
+  # a row's ~45 min. lr 1e-5: the paper's 1e-6 is a 7B model's rate (README: RL (warm) on SmolLM2)
+  : "${RL_LR:=1e-5}" "${RL_PROMPTS:=16}" "${RL_STEPS:=20}"
   SFT_EXTRA="--micro-batch-size 32 --compile --save-every 50"  # a stopped row resumes from its last step_N/
 fi
-: "${ROWS:=$DEFAULT_ROWS}" "${RL_STEPS:=30}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
+: "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
 TAG=$MODE D=$OUT/data
@@ -92,7 +96,7 @@ resumable() {
 sft() { resumable "$SFT" "$@"; }
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
 echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
-  "RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
+  "RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
 TASKS=$TASK
@@ -128,7 +132,7 @@ for row in $ROWS; do
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
     sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps $(( STEPS / 5 ))
     resumable "python rl.py --algo grpo --seed $SEED --save-every 10" "$run" --model "$R/$TASK-cot-warm/final" \
-      --data "$T/rl.jsonl" --prompts-per-step 32 --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" \
+      --data "$T/rl.jsonl" --prompts-per-step "$RL_PROMPTS" --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" \
       --max-steps "$RL_STEPS" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"

@@ -79,10 +79,11 @@ def hf_generate(model, prompts, pad_id, **kw):
 # greedy == generate, batching, seeding
 
 
-@pytest.mark.parametrize("kind,attn,small_chunks", [("qwen2", "sdpa", False), ("qwen2", "sdpa", True),
-                                                    ("llama", "sdpa", False), ("qwen2", "eager", False),
-                                                    ("sft-tiny", "sdpa", False)])
-def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks):
+@pytest.mark.parametrize("kind,attn,small_chunks,pad", [("qwen2", "sdpa", False, 1), ("qwen2", "sdpa", True, 1),
+                                                        ("qwen2", "sdpa", True, 8), ("llama", "sdpa", False, 32),
+                                                        ("qwen2", "eager", False, 5), ("sft-tiny", "sdpa", False, 32)])
+def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks, pad):
+    """pad: prompts and the attended cache rounded up to a multiple of it (masked columns)."""
     model = sft.load_model(tiny_dir, "fp32") if kind == "sft-tiny" else tiny_model(kind, tok, attn)
     # an EOS that some rows hit mid-way, so rows finish at different steps (and get dropped)
     free = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[]).ids
@@ -90,7 +91,7 @@ def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks
     ref = hf_generate(model, prompts, tok.pad_token_id, do_sample=False, max_new_tokens=24, eos_token_id=eos)
     assert len({len(r) for r in ref}) > 1, "the test needs rows of different lengths"
     chunks = dict(prefill_tokens=20, max_batch_rows=3, drop_fraction=0.01) if small_chunks else {}
-    out = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[eos], **chunks)
+    out = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[eos], pad_multiple=pad, **chunks)
     assert out.ids == ref
     assert out.stop_reason == ["eos" if eos in r else "length" for r in ref]
 
@@ -106,7 +107,7 @@ def test_shared_prefix_runs_once_and_changes_nothing(tok, qwen, prompts, small_c
                                                 with_kwargs=True)
     chunks = dict(prefill_tokens=60, max_batch_rows=4) if small_chunks else {}
     try:
-        out = sample(qwen, shared, temperature=0, max_new_tokens=12, eos_ids=[], **chunks)
+        out = sample(qwen, shared, temperature=0, max_new_tokens=12, eos_ids=[], pad_multiple=1, **chunks)
     finally:
         hook.remove()
     assert seen[0][0] == 1 and seen[0][1] >= len(head)  # the prefix, alone
@@ -244,6 +245,8 @@ def test_bad_arguments(qwen, prompts):
         sample(qwen, [[]])
     with pytest.raises(ValueError):
         sample(qwen, prompts, top_p=0.0)
+    with pytest.raises(ValueError, match="pad_multiple"):
+        sample(qwen, prompts, pad_multiple=0)
 
 
 def test_position_ids_count_real_tokens(qwen, prompts):
@@ -256,7 +259,8 @@ def test_position_ids_count_real_tokens(qwen, prompts):
     finally:
         hook.remove()
     prefill_bT, decode = seen[0], seen[1:]
-    T = max(map(len, prompts))
+    T = prefill_bT.shape[1]
+    assert T == -(-max(map(len, prompts)) // 32) * 32  # the default pad_multiple
     for i, p in enumerate(prompts):  # left padding: the real tokens are the last len(p) columns
         assert prefill_bT[i, T - len(p):].tolist() == list(range(len(p)))
         assert [d[2 * i, 0].item() for d in decode] == [len(p), len(p) + 1]

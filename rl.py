@@ -318,12 +318,16 @@ def make_value_head(lm):
     return head.to(next(lm.parameters()).device)
 
 
-def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device):
+def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device, multiple=1):
     """(logp_N, logits_NV, values_N) of the response tokens, log-probs under log_softmax(logits / T)
-    exactly as the sampler computes them; N runs over the rows' response tokens in order."""
+    exactly as the sampler computes them; N runs over the rows' response tokens in order. The output
+    layer runs on a multiple of `multiple` positions (sft.pad_kept)."""
     keep_BT, targets_N = sft.supervised_positions(ids_BT, resp_mask_BT)
+    kept_BT, real_K = sft.pad_kept(keep_BT, multiple)
     with sft.autocast_ctx(device, dtype):
-        logits_NV, values_N = model(ids_BT, keep_BT)
+        logits_NV, values_N = model(ids_BT, kept_BT)
+    if real_K is not None:
+        logits_NV, values_N = logits_NV[real_K], None if values_N is None else values_N[real_K]
     logits_NV = logits_NV.float() / temperature
     return -F.cross_entropy(logits_NV, targets_N, reduction="none"), logits_NV, values_N
 
@@ -458,12 +462,14 @@ def sampling_logprobs(models, batch, args, pad_id, device):
     old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(B, R) for _ in range(3))
     for rows in split_rows(list(range(B)), args.micro_batch_size):
         ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
-        logp_N, _, values_N = response_logprobs(models.policy, ids_BT, resp_BT, args.temperature, args.dtype, device)
+        logp_N, _, values_N = response_logprobs(models.policy, ids_BT, resp_BT, args.temperature, args.dtype, device,
+                                                args.pad_multiple)
         old_logp_BR[rows] = to_rows(logp_N, rows, batch["lengths"], R)
         if values_N is not None:
             old_values_BR[rows] = to_rows(values_N, rows, batch["lengths"], R)
         if models.ref is not None:
-            ref_N, _, _ = response_logprobs(Policy(models.ref), ids_BT, resp_BT, args.temperature, args.dtype, device)
+            ref_N, _, _ = response_logprobs(Policy(models.ref), ids_BT, resp_BT, args.temperature, args.dtype, device,
+                                            args.pad_multiple)
             ref_logp_BR[rows] = to_rows(ref_N, rows, batch["lengths"], R)
     return dict(old_logp_BR=old_logp_BR, ref_logp_BR=ref_logp_BR if models.ref is not None else None,
                 old_values_BR=old_values_BR if models.head is not None else None)
@@ -493,7 +499,8 @@ def micro_batch_loss(model, batch, rows, scale, args, pad_id, device):
     """The objective of rows `rows` (grpo_loss or ppo_loss), through `model` (the DDP wrapper on
     several ranks), and its per-token parts for the log."""
     ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
-    logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device)
+    logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device,
+                                                    args.pad_multiple)
     mask_bR = batch["mask_BR"][rows]
     tokens = lambda x_BR: x_BR[rows][mask_bR].to(device)  # a (B, R) buffer -> these rows' response tokens
     # without a pre-pass (one update a step, no reference, no value head) the policy being trained is

@@ -545,6 +545,20 @@ def supervised_positions(input_ids_BT, loss_mask_BT):
     return keep_BT, input_ids_BT[:, 1:][target_mask_BT]
 
 
+def pad_kept(keep_BT, multiple):
+    """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
+    of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
+    (None when none was added). The output layer then meets a few row counts instead of one per
+    micro-batch (the number of supervised tokens), for the reason of pad_length."""
+    n = int(keep_BT.sum())
+    extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
+    if extra == 0:
+        return keep_BT, None
+    kept = keep_BT.flatten().clone()
+    kept[(~kept).nonzero().squeeze(1)[:extra]] = True
+    return kept.view_as(keep_BT), keep_BT.flatten()[kept]
+
+
 def token_loss_sum(logits_NV, targets_N):
     """Sum (not mean) of the token cross-entropies, in fp32: the step divides by its token count."""
     return F.cross_entropy(logits_NV.float(), targets_N, reduction="sum")
@@ -699,18 +713,21 @@ def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
 # the DDP SFT step: gradient accumulation over micro-batches, one all-reduce, one optimizer update
 
 
-def micro_batch_loss(model, ref_model, ids_BT, mask_BT, dtype, device):
-    """(ce_sum, kl_sum or None): the token sums of one micro-batch at its supervised positions."""
+def micro_batch_loss(model, ref_model, ids_BT, mask_BT, dtype, device, multiple=1):
+    """(ce_sum, kl_sum or None): the token sums of one micro-batch at its supervised positions
+    (the output layer runs on a multiple of `multiple` positions, pad_kept)."""
     keep_BT, targets_N = supervised_positions(ids_BT, mask_BT)
+    kept_BT, real_K = pad_kept(keep_BT, multiple)
+    only_real = (lambda x: x) if real_K is None else (lambda x_K: x_K[real_K])
     # right padding + causal attention: real tokens never see pads, so no attention mask
     # is needed (and SDPA keeps its fast causal path); pads get no loss via keep_BT
     with autocast_ctx(device, dtype):
-        logits_NV = model(input_ids=ids_BT, logits_to_keep=keep_BT).logits
+        logits_NV = only_real(model(input_ids=ids_BT, logits_to_keep=kept_BT).logits)
     ce = token_loss_sum(logits_NV, targets_N)
     if ref_model is None:
         return ce, None
     with torch.no_grad(), autocast_ctx(device, dtype):
-        ref_logits_NV = ref_model(input_ids=ids_BT, logits_to_keep=keep_BT).logits
+        ref_logits_NV = only_real(ref_model(input_ids=ids_BT, logits_to_keep=kept_BT).logits)
     return ce, kl_sum(logits_NV, ref_logits_NV)
 
 
@@ -727,7 +744,7 @@ def train_step(model, ref_model, init_params, optimizer, scaler, micro_batches, 
         # gradient accumulation: the all-reduce runs once, in the backward of the last micro-batch
         with grad_sync(model, micro == len(micro_batches) - 1, args.fsdp):
             ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
-            ce, kl = micro_batch_loss(model, ref_model, ids_BT, mask_BT, args.dtype, device)
+            ce, kl = micro_batch_loss(model, ref_model, ids_BT, mask_BT, args.dtype, device, args.pad_multiple)
             loss = ce
             if kl is not None:
                 loss = loss + args.kl_coef * kl

@@ -153,7 +153,9 @@ def test_training_logprobs_equal_the_samplers(toy):
     assert idsp_BT.shape[1] == multiple
     with torch.no_grad():
         padded_N, _, _ = rl.response_logprobs(rl.Policy(lm), idsp_BT, respp_BT, 0.7, "fp32", torch.device("cpu"))
+        kept_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 0.7, "fp32", torch.device("cpu"), 32)
     torch.testing.assert_close(padded_N, logp_N, atol=1e-5, rtol=0)
+    torch.testing.assert_close(kept_N, logp_N, atol=1e-5, rtol=0)  # the output layer on 32k positions
 
 
 @pytest.mark.parametrize("algo,extra",

@@ -128,6 +128,12 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     assert ids32_BT.shape[1] % 32 == 0 and ids32_BT.shape[1] >= ids_BT.shape[1] and n_real32 == n_real
     assert torch.equal(sft.supervised_positions(ids32_BT, mask32_BT)[1], targets_N)
     assert [sft.pad_length(n, 32) for n in (1, 32, 33)] == [32, 32, 64]
+    # the output layer's positions: a multiple of 8 that contains keep_BT, and the map back to it
+    kept_BT, real_K = sft.pad_kept(keep_BT, 8)
+    assert kept_BT.sum() % 8 == 0 and (kept_BT & keep_BT).equal(keep_BT) and real_K.sum() == keep_BT.sum()
+    assert torch.equal(logits_BTV[kept_BT][real_K], logits_BTV[keep_BT])
+    assert sft.pad_kept(keep_BT, 1) == (keep_BT, None)
+    assert sft.pad_kept(torch.ones(2, 3, dtype=torch.bool), 4)[0].sum() == 6  # no free position left
 
 
 def test_template_without_end_token_gets_eos(tiny_dir):

@@ -103,8 +103,8 @@ def get_parser():
     g.add_argument("--max-steps", type=int, default=200, help="RL steps")
     g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one rank")
     g.add_argument("--pad-multiple", type=int, default=32,
-                   help="pad each training micro-batch's length, and the sampler's prompts and attended cache, up to "
-                   "a multiple of this (as sft.py; 1: no rounding)")
+                   help="pad each training micro-batch's length and output-layer positions, and the sampler's "
+                   "prompts and attended cache, up to a multiple of this (as sft.py; 1: no rounding)")
     g.add_argument("--sample-batch-rows", type=int, default=0,
                    help="most rows the sampler decodes at once (0: all of a rank's share)")
     g = p.add_argument_group("system")

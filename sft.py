@@ -72,8 +72,9 @@ def get_parser():
     g.add_argument("--truncate", action="store_true",
                    help="cut sequences longer than --max-length instead of dropping them")
     g.add_argument("--pad-multiple", type=int, default=32,
-                   help="pad each micro-batch's length up to a multiple of this, so that a run sees a few shapes "
-                   "(on CPUs memory grows with every new one); 1: pad to the longest row only")
+                   help="pad each micro-batch's length, and the positions the output layer runs on, up to a "
+                   "multiple of this, so that a run sees a few shapes (on CPUs memory grows with every new one); "
+                   "1: pad to the longest row only")
     g = p.add_argument_group("tiny model (--model tiny)")
     g.add_argument("--tiny-hidden", type=int, default=128, help="hidden size")
     g.add_argument("--tiny-layers", type=int, default=4, help="number of transformer layers")

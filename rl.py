@@ -964,10 +964,10 @@ def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device, multiple=1):
     next-token logits (b, V) in float32.
 
     Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
-    row), then each prompt's own suffix, left-padded to the longest suffix, and further so that the
-    chunk's length is a multiple of `multiple` (fewer distinct shapes, see `sample`). Position ids count real
-    tokens only, so a row's keys are the ones it would get alone; attention ignores padding, and a
-    padding query attends to itself only, so its (unused) states stay finite.
+    row), then each prompt's own suffix, left-padded to the longest suffix and further, so that the
+    chunk's length is a multiple of `multiple` (fewer distinct shapes, see `sample`). Position ids
+    count real tokens only, so a row's keys are the ones it would get alone; attention ignores
+    padding, and a padding query attends to itself only, so its (unused) states stay finite.
     """
     P = shared_prefix_len(prompt_ids)
     suffixes = [p[P:] for p in prompt_ids]
@@ -997,10 +997,10 @@ def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device, multiple=1):
 
 
 def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens, multiple=1):
-    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length, rounded
-    up to `multiple`) and
-    its shared prefix run once (_prefill_chunk); each prompt's K/V go to its n rows of `cache` and
-    its real tokens are marked in valid_BT. Returns the logits of every row's first new token, (B, V)."""
+    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length,
+    rounded up to `multiple`) and its shared prefix run once (_prefill_chunk); each prompt's K/V go
+    to its n rows of `cache` and its real tokens are marked in valid_BT. Returns the logits of every
+    row's first new token, (B, V)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     cache_kw = _cache_kwarg(model)

@@ -326,8 +326,7 @@ def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device, m
     kept_BT, real_K = sft.pad_kept(keep_BT, multiple)
     with sft.autocast_ctx(device, dtype):
         logits_NV, values_N = model(ids_BT, kept_BT)
-    if real_K is not None:
-        logits_NV, values_N = logits_NV[real_K], None if values_N is None else values_N[real_K]
+    logits_NV, values_N = logits_NV[real_K], None if values_N is None else values_N[real_K]
     logits_NV = logits_NV.float() / temperature
     return -F.cross_entropy(logits_NV, targets_N, reduction="none"), logits_NV, values_N
 

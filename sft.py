@@ -549,12 +549,12 @@ def supervised_positions(input_ids_BT, loss_mask_BT):
 def pad_kept(keep_BT, multiple):
     """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
     of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
-    (None when none was added). The output layer then meets a few row counts instead of one per
+    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row counts instead of one per
     micro-batch (the number of supervised tokens), for the reason of pad_length."""
     n = int(keep_BT.sum())
     extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
     if extra == 0:
-        return keep_BT, None
+        return keep_BT, slice(None)
     kept = keep_BT.flatten().clone()
     kept[(~kept).nonzero().squeeze(1)[:extra]] = True
     return kept.view_as(keep_BT), keep_BT.flatten()[kept]
@@ -719,16 +719,15 @@ def micro_batch_loss(model, ref_model, ids_BT, mask_BT, dtype, device, multiple=
     (the output layer runs on a multiple of `multiple` positions, pad_kept)."""
     keep_BT, targets_N = supervised_positions(ids_BT, mask_BT)
     kept_BT, real_K = pad_kept(keep_BT, multiple)
-    only_real = (lambda x: x) if real_K is None else (lambda x_K: x_K[real_K])
     # right padding + causal attention: real tokens never see pads, so no attention mask
     # is needed (and SDPA keeps its fast causal path); pads get no loss via keep_BT
     with autocast_ctx(device, dtype):
-        logits_NV = only_real(model(input_ids=ids_BT, logits_to_keep=kept_BT).logits)
+        logits_NV = model(input_ids=ids_BT, logits_to_keep=kept_BT).logits[real_K]
     ce = token_loss_sum(logits_NV, targets_N)
     if ref_model is None:
         return ce, None
     with torch.no_grad(), autocast_ctx(device, dtype):
-        ref_logits_NV = only_real(ref_model(input_ids=ids_BT, logits_to_keep=kept_BT).logits)
+        ref_logits_NV = ref_model(input_ids=ids_BT, logits_to_keep=kept_BT).logits[real_K]
     return ce, kl_sum(logits_NV, ref_logits_NV)
 
 

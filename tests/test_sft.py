@@ -132,7 +132,7 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     kept_BT, real_K = sft.pad_kept(keep_BT, 8)
     assert kept_BT.sum() % 8 == 0 and (kept_BT & keep_BT).equal(keep_BT) and real_K.sum() == keep_BT.sum()
     assert torch.equal(logits_BTV[kept_BT][real_K], logits_BTV[keep_BT])
-    assert sft.pad_kept(keep_BT, 1) == (keep_BT, None)
+    assert sft.pad_kept(keep_BT, 1) == (keep_BT, slice(None))  # nothing added
     assert sft.pad_kept(torch.ones(2, 3, dtype=torch.bool), 4)[0].sum() == 6  # no free position left
 
 

@@ -95,16 +95,7 @@ resumable() {
 }
 sft() { resumable "$SFT" "$@"; }
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
-# JEMALLOC=/path/to/libjemalloc.so.2 (optional): run every step under jemalloc, told never to hand memory
-# back. On CPUs glibc's malloc returns big tensors to the OS and faults them in again, so an SFT row's step
-# slows over the run (README, dated log 2026-11-30); jemalloc keeps it flat but holds a few GB more.
-ALLOC=""
-if [ -n "${JEMALLOC:-}" ]; then
-  [ -f "$JEMALLOC" ] || { echo "study.sh: JEMALLOC=$JEMALLOC: no such file" >&2; exit 2; }
-  export LD_PRELOAD=$JEMALLOC MALLOC_CONF=${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}
-  ALLOC=" LD_PRELOAD=$LD_PRELOAD MALLOC_CONF=$MALLOC_CONF"
-fi
-echo "study.sh $MODE:$ALLOC MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
+echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
   "RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"

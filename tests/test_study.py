@@ -55,11 +55,3 @@ def test_readme_demo_runs_as_written(tmp_path):
                                 capture_output=True, text=True)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert (tmp_path / "runs" / "sok-rl" / "final" / "model.safetensors").is_file()
-
-
-def test_a_missing_jemalloc_is_named_before_any_work(tmp_path):
-    missing = tmp_path / "libjemalloc.so.2"
-    result = subprocess.run(["bash", "study.sh", "quick"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "OUT": str(tmp_path / "out"), "JEMALLOC": str(missing)})
-    assert result.returncode == 2 and str(missing) in result.stderr
-    assert not (tmp_path / "out" / "data").exists()

@@ -549,8 +549,8 @@ def supervised_positions(input_ids_BT, loss_mask_BT):
 def pad_kept(keep_BT, multiple):
     """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
     of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
-    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row counts instead of one per
-    micro-batch (the number of supervised tokens), for the reason of pad_length."""
+    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row
+    counts instead of one per micro-batch (the number of supervised tokens), for pad_length's reason."""
     n = int(keep_BT.sum())
     extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
     if extra == 0:

@@ -53,6 +53,10 @@ fi
 : "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
+# RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, half of them for Sokoban on SmolLM2, whose
+# 60-step warm start picks its first move at a random policy's level (README: RL (warm) on SmolLM2)
+if [ "$TASK" = sokoban ] && [ "$MODEL" != tiny ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
+: "${WARM_STEPS:=$(( STEPS / 5 ))}"
 TAG=$MODE D=$OUT/data
 [ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }
 R=$OUT/runs/$TAG RES=$OUT/results/$TAG BASE=$OUT/runs/base-${COPY_STEPS:-0}-${BASE_STEPS:-0}-seed$SEED
@@ -95,8 +99,8 @@ resumable() {
 }
 sft() { resumable "$SFT" "$@"; }
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
-echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR RL_STEPS=$RL_STEPS" \
-  "RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
+echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR" \
+  "WARM_STEPS=$WARM_STEPS RL_STEPS=$RL_STEPS RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
 TASKS=$TASK
@@ -130,7 +134,7 @@ for row in $ROWS; do
   if [ "$row" = rl ]; then
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
-    sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps $(( STEPS / 5 ))
+    sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps "$WARM_STEPS"
     resumable "python rl.py --algo grpo --seed $SEED --save-every 10" "$run" --model "$R/$TASK-cot-warm/final" \
       --data "$T/rl.jsonl" --prompts-per-step "$RL_PROMPTS" --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" \
       --max-steps "$RL_STEPS" --log-every 5

@@ -45,17 +45,18 @@ else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
   : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
-  # GRPO: a step of 16 prompts x 8 replies costs ~2-3 min here (sampling, then one update), so 20 steps fit
+  # GRPO: a step of 16 prompts x 8 replies costs ~1 min (Sokoban) to ~2.5 min (General Points) here, so 20 steps fit
   # a row's ~45 min. lr 1e-5: the paper's 1e-6 is a 7B model's rate (README: RL (warm) on SmolLM2)
   : "${RL_LR:=1e-5}" "${RL_PROMPTS:=16}" "${RL_STEPS:=20}"
+  # Sokoban's warm start: half a row's steps; a 60-step one picks its first move at a random policy's
+  # level, and GRPO's one-bit reward cannot teach it to read the grid (README: RL (warm) on SmolLM2)
+  if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
   SFT_EXTRA="--micro-batch-size 32 --compile --save-every 50"  # a stopped row resumes from its last step_N/
 fi
 : "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
-# RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, half of them for Sokoban on SmolLM2, whose
-# 60-step warm start picks its first move at a random policy's level (README: RL (warm) on SmolLM2)
-if [ "$TASK" = sokoban ] && [ "$MODEL" != tiny ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
+# RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, unless the model's branch above chose another
 : "${WARM_STEPS:=$(( STEPS / 5 ))}"
 TAG=$MODE D=$OUT/data
 [ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }

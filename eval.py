@@ -451,7 +451,7 @@ def run_evaluation(args, sets):
 def run_sweep(args, sets):
     """--sweep RUN_DIR: every RUN_DIR/step_N evaluated; the best by mean success without Fake (the
     paper's checkpoint selection; the earlier step on a tie)."""
-    steps = sft.step_dirs(args.sweep)
+    steps = sweep_checkpoints(args.sweep)
     if not steps:
         raise UserError(f"no step_N checkpoints in {args.sweep}")
     curve = []
@@ -459,12 +459,22 @@ def run_sweep(args, sets):
         results = evaluate_model(args, path, sets)
         curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
         print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
-    best = max(curve, key=lambda c: (c["average"], -c["step"]))
+        best = max(curve, key=lambda c: (c["average"], -c["step"]))
+        if args.out:  # after every checkpoint, so that a stopped sweep keeps what it measured
+            write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
+                                      best_step=best["step"], curve=curve, args=vars(args)))
     print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
     print(format_table(best["results"], f"{args.task} step {best['step']}"))
-    if args.out:
-        write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"], curve=curve,
-                                  args=vars(args)))
+
+
+def sweep_checkpoints(run_dir):
+    """[(step, path)] of RUN_DIR's step_N/ checkpoints and its final/ (at the run's last step), by step."""
+    steps = sft.step_dirs(run_dir)
+    final = os.path.join(run_dir, "final")
+    if os.path.isfile(os.path.join(final, "trainer_state.pt")):
+        state = torch.load(os.path.join(final, "trainer_state.pt"), map_location="cpu", mmap=True, weights_only=False)
+        steps.append((int(state["step"]), final))
+    return steps
 
 
 def run_report(args):

@@ -66,6 +66,9 @@ def parse_args(argv=None):
     group.add_argument("--sok-eval-rooms", type=int, help="rooms per Sokoban evaluation set")
     group.add_argument("--sok-augment", action="store_true",
                        help="add the 8 rotations/reflections of every SFT/RL state (actions mapped)")
+    group.add_argument("--sok-default-share", type=float, default=0.0,
+                       help="share of the diverse Sokoban SFT records that keep the default names Up/Down/Left/Right "
+                       "(as General Points' diverse mix keeps its default rule); 0: every record renamed")
     group.add_argument("--gp-train", type=int, help="records per General Points SFT file")
     group.add_argument("--gp-rl", type=int, help="records per General Points RL file")
     group.add_argument("--gp-eval", type=int, help="problems per General Points evaluation set")
@@ -77,6 +80,8 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if not 0 < args.gp_heldout < 1:
         raise UserError("--gp-heldout must be between 0 and 1")
+    if not 0 <= args.sok_default_share <= 1:
+        raise UserError(f"--sok-default-share {args.sok_default_share}: must be between 0 and 1")
     sizes = [k for k in SCALES["full"] if getattr(args, k) < 1]
     if sizes:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes)
@@ -304,9 +309,13 @@ def sokoban_states(args, name, n_rooms, eval_keys):
 def sokoban_sft_sets(args, states):
     """The four SFT sets over the same states: frozen or diverse names, answer-only or CoT."""
     rng = stream(args.seed, "sokoban/diverse-names")
+    keep_default = stream(args.seed, "sokoban/default-share")  # its own stream: the drawn names stay the same
     out = {"train_ans": [], "train_cot": [], "train_diverse_ans": [], "train_diverse_cot": []}
     for grid, env, optimal, solution, seed, symmetry in states:
-        for prefix, names in (("train", sok.VOCABS["default"]), ("train_diverse", diverse_names(rng))):
+        diverse = diverse_names(rng)
+        if keep_default.random() < args.sok_default_share:
+            diverse = sok.VOCABS["default"]
+        for prefix, names in (("train", sok.VOCABS["default"]), ("train_diverse", diverse)):
             meta = sokoban_meta("train" if prefix == "train" else "diverse", grid, env, names, names, optimal, seed,
                                 args.style)
             meta["symmetry"] = symmetry

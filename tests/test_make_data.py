@@ -117,6 +117,23 @@ def test_diverse_names_vary_and_never_use_a_test_word(data):
     assert len(seen) > 50
 
 
+def test_default_share_keeps_the_default_names_in_a_share_of_the_diverse_records(tmp_path):
+    make_data.main(["--out", str(tmp_path / "a"), "--scale", "small", "--tasks", "sokoban", "--sok-train-rooms", "60"])
+    make_data.main(["--out", str(tmp_path / "b"), "--scale", "small", "--tasks", "sokoban", "--sok-train-rooms", "60",
+                    "--sok-default-share", "0.25"])
+    for name in ("train_diverse_ans", "train_diverse_cot"):
+        plain, mixed = load(tmp_path / "a", "sokoban", name), load(tmp_path / "b", "sokoban", name)
+        kept = [m["meta"]["names"] == sok.VOCABS["default"] for m in mixed]
+        assert 0.15 < sum(kept) / len(kept) < 0.35 and not any(p["meta"]["names"] == sok.VOCABS["default"]
+                                                                   for p in plain)
+        # the other records keep the names the plain set drew, and every target answers an optimal move
+        assert all(m == p for m, p, k in zip(mixed, plain, kept) if not k)
+        for m in mixed:
+            assert sok.parse_answer(m["messages"][1]["content"], m["meta"]["names"]) in m["meta"]["optimal"]
+    for other in ("train_ans", "train_cot", "eval_id", "rl_diverse"):
+        assert load(tmp_path / "a", "sokoban", other) == load(tmp_path / "b", "sokoban", other)
+
+
 def test_gpoints_targets_score_five_and_cot_reaches_target(data):
     for name in ("train_ans", "train_cot", "train_diverse_ans", "train_diverse_cot"):
         for r in load(data, "gpoints", name):
@@ -164,6 +181,7 @@ def test_compact_style_keeps_the_information():
 @pytest.mark.parametrize("argv, message", [
     (["--bogus"], "unrecognized arguments"),
     (["--out", "/proc/forbidden/data", "--scale", "small"], "cannot write to"),
+    (["--sok-default-share", "1.5"], "--sok-default-share 1.5: must be between 0 and 1"),
 ])
 def test_bad_arguments_give_one_line(argv, message):
     result = subprocess.run([sys.executable, "make_data.py", *argv], cwd=ROOT, capture_output=True, text=True)

@@ -5,6 +5,7 @@
     python bench.py sft --model smollm2       # the same on SmolLM2-135M-Instruct, with FLOP/s vs a bf16 matmul
     python bench.py encode                    # dataset encoding vs apply_chat_template per record (SmolLM2)
     python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate and vs no cache
+    python bench.py same --rev b9bdb22        # the tiny pipeline's outputs here vs at a git revision, byte for byte
 
 The peers (gym-sokoban, the Trainer's extras) are installed only for benchmarking and are never
 dependencies of the project. Each benchmark's last line is its headline ratio.
@@ -201,11 +202,11 @@ def _sokoban_records(out_dir, rooms=None):
     the paper's size (4,320 records from 1,000 rooms) when None."""
     import os
     import subprocess
-    import sft
+    import common
     cmd = [sys.executable, "make_data.py", "--out", out_dir, "--tasks", "sokoban", "--style", "compact"]
     subprocess.run(cmd + (["--sok-train-rooms", str(rooms)] if rooms else []), check=True, capture_output=True,
                    cwd=os.path.dirname(os.path.abspath(__file__)))
-    return sft.read_jsonl(os.path.join(out_dir, "sokoban", "train_diverse_ans.jsonl"))
+    return common.read_jsonl(os.path.join(out_dir, "sokoban", "train_diverse_ans.jsonl"))
 
 
 def matmul_peak(seconds=3.0, n=2048):
@@ -238,6 +239,7 @@ def bench_sft(args):
     import os
     import tempfile
     import torch
+    import common
     import sft
     try:
         import accelerate  # noqa: F401  (the Trainer needs it; benchmark only)
@@ -255,12 +257,12 @@ def bench_sft(args):
         batch, micro, dtype, lr = 32, 32, "bf16", "1e-4"
         steps = max(2, int(args.seconds // 5))
         chats = _sokoban_records(tmp, rooms=60)[: batch * (steps + 1)]
-        model_dir = sft.resolve_model(args.model)
+        model_dir = common.resolve_model(args.model)
     with open(data, "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in chats)
-    tok = sft.load_tokenizer(model_dir)
+    tok = common.load_tokenizer(model_dir)
     examples = sft.encode_chats(tok, [c["messages"] for c in chats])
-    config = sft.load_model(model_dir, "fp32").config
+    config = common.load_model(model_dir, "fp32").config
     n_tokens = sum(len(i) for i, _ in examples)
     seq_len = sum(len(i) ** 2 for i, _ in examples) / n_tokens  # the length a token sees, on average
     flops_per_token = training_flops_per_token(config, seq_len, sum(sum(m) for _, m in examples) / n_tokens)
@@ -311,10 +313,11 @@ def bench_encode(args):
     token (a newline), sft.py's stop there."""
     import tempfile
     import time
+    import common
     import sft
     with tempfile.TemporaryDirectory() as tmp:
         records = _sokoban_records(tmp)
-    tok = sft.load_tokenizer(sft.resolve_model(args.model))
+    tok = common.load_tokenizer(common.resolve_model(args.model))
 
     def previous(messages):
         prompt = list(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
@@ -455,7 +458,7 @@ def _sampler_setup_chat_model(name, seed):
 
 
 def bench_sampler(args):
-    """rl.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
+    """eval.sample vs model.generate vs no-cache decoding: tokens/s on the tiny model (sft.py's), an
     eval-size batch of prompts of mixed lengths, sampled at temperature 1 with a set of EOS ids that
     ends rows at mixed steps (a random model rarely says its real EOS); then one greedy round, whose
     outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2
@@ -463,7 +466,7 @@ def bench_sampler(args):
     import statistics
     import time
 
-    from rl import sample
+    from eval import sample
 
     if args.model == "tiny":
         model, tok, prompts, eos_ids, what, sizes = _sampler_setup_tiny(args.seed)
@@ -524,10 +527,78 @@ def bench_sampler(args):
 
 
 # -----------------------------------------------------------------------------
+# same: a refactoring changes no output bit (make_data -> sft -> eval -> rl at the smallest sizes)
+
+PIPELINE = (
+    "python make_data.py --out data --scale small --style compact",
+    "python sft.py --model tiny --data data/sokoban/train_cot.jsonl --out runs/sft --max-steps 6 --batch-size 16 "
+    "--log-every 100",
+    "python eval.py --model runs/sft/final --task sokoban --data data --limit 2 --max-new-tokens 32 --out eval.json",
+    "python rl.py --algo grpo --model runs/sft/final --data data/sokoban/rl.jsonl --out runs/rl --dtype fp32 "
+    "--prompts-per-step 4 --group-size 4 --max-new-tokens 32 --lr 1e-4 --max-steps 2 --log-every 100",
+)
+TIMING_KEYS = {"seconds", "tokens_per_s", "sample_s", "learn_s"}
+
+
+def _pipeline_outputs(code_dir, work_dir):
+    """Run PIPELINE with the scripts of `code_dir` in `work_dir`; {relative path: sha256} of every
+    output, log.jsonl and JSON files without their timing fields."""
+    import hashlib
+    import json
+    import os
+    import subprocess
+    for command in PIPELINE:
+        argv = command.split()
+        argv[:2] = [sys.executable, os.path.join(code_dir, argv[1])]
+        subprocess.run(argv, cwd=work_dir, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    digests = {}
+    for root, _, files in os.walk(work_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            data = open(path, "rb").read()
+            if name.endswith((".json", ".jsonl")) and not name.startswith("tokenizer"):
+                rows = [json.loads(line) for line in data.splitlines()] if name.endswith(".jsonl") else [json.loads(data)]
+                if name == "config.json" or name == "eval.json":  # paths of this run's folders
+                    rows = [{k: v for k, v in r.items() if k not in ("args", "model", "data", "out", "model_path")}
+                            for r in rows]
+                data = json.dumps([{k: v for k, v in r.items() if k not in TIMING_KEYS} if isinstance(r, dict) else r
+                                   for r in rows], sort_keys=True).encode()
+            digests[os.path.relpath(path, work_dir)] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def bench_same(args):
+    import os
+    import subprocess
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        old_code = os.path.join(tmp, "old")
+        subprocess.run(["git", "worktree", "add", "--detach", old_code, args.rev], cwd=here, check=True,
+                       capture_output=True)
+        try:
+            results = {}
+            for label, code in (("here", here), (args.rev, old_code)):
+                work = os.path.join(tmp, f"work-{label}")
+                os.makedirs(work)
+                results[label] = _pipeline_outputs(code, work)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", old_code], cwd=here, capture_output=True)
+    a, b = results["here"], results[args.rev]
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    for name in differ:
+        print(f"differs: {name}")
+    print(f"{len(a.keys() & b.keys()) - len([k for k in differ if k in a and k in b])} of {len(a.keys() | b.keys())} "
+          f"output files identical to {args.rev}'s")
+    return 0 if not differ else 1
+
+
+# -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler"], help="which benchmark to run")
+    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler", "same"], help="which benchmark to run")
+    parser.add_argument("--rev", default="HEAD", help="same: the git revision to compare the working tree with")
     parser.add_argument("--model", default=None,
                         help="sft / sampler: 'tiny' (default), 'smollm2' or a model directory; "
                         "encode: the tokenizer's model (default smollm2)")
@@ -535,5 +606,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")
-    {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler}[args.which](args)
-    sys.exit(0)
+    benches = {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler, "same": bench_same}
+    sys.exit(benches[args.which](args) or 0)

@@ -1,8 +1,8 @@
 r"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
 
 Each step draws `--prompts-per-step` prompts (rank r takes its contiguous share), samples
-`--group-size` replies to each with the KV-cached sampler at the end of this file (through the
-unwrapped module, at `--temperature`), scores them with `reward` (Sokoban single step: 1 for a
+`--group-size` replies to each with eval.py's KV-cached sampler (through the unwrapped module,
+at `--temperature`), scores them with eval.py's `reward` (Sokoban single step: 1 for a
 well-formed optimal move, all optimal moves counting; General Points: +5/-1/-2/-3), turns rewards
 into per-token advantages and takes `--ppo-epochs` x (batch / `--mini-batch-size`) optimizer steps
 on the clipped surrogate. Token losses are summed and divided by the response tokens of the whole
@@ -35,10 +35,9 @@ before any work (one line `rl.py: error: ...`, exit 2), an OUT holding another r
 """
 # Reading order: arguments; the maths as pure functions; the two objectives (grpo_loss, ppo_loss);
 # the policy; the RL step as the algorithm box reads: rollout -> advantages -> update; the loop
-# (main). Then "Rollouts: the KV-cache sampler" and the rewards, which eval.py and bench.py use too.
+# (main). The sampler and the rewards are eval.py's.
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import time
@@ -51,10 +50,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import env_gpoints
-import env_sokoban
 import sft
-from sft import UserError
+from eval import ENV_EVALUATORS, is_correct, model_replies, reward, sample
+from common import (UserError, run_cli, read_jsonl, refuse, setup_distributed, all_reduce_sum, grad_sync, autocast_ctx,
+                    fused_adamw, resolve_model, load_tokenizer, load_model, save_checkpoint, load_trainer_state,
+                    check_out_dir, check_run_dir, prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -134,7 +134,7 @@ def check_args(args, world):
     """Reject incompatible settings before anything is loaded; returns the global mini-batch size."""
     batch = args.prompts_per_step * args.group_size
     mini = args.mini_batch_size or batch
-    sft.refuse([
+    refuse([
         (min(args.prompts_per_step, args.group_size, args.ppo_epochs, args.micro_batch_size, args.max_new_tokens,
              args.max_steps) < 1,
          "--prompts-per-step, --group-size, --ppo-epochs, --micro-batch-size, --max-new-tokens and --max-steps "
@@ -324,7 +324,7 @@ def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device, m
     layer runs on a multiple of `multiple` positions (sft.pad_kept)."""
     keep_BT, targets_N = sft.supervised_positions(ids_BT, resp_mask_BT)
     kept_BT, real_K = sft.pad_kept(keep_BT, multiple)
-    with sft.autocast_ctx(device, dtype):
+    with autocast_ctx(device, dtype):
         logits_NV, values_N = model(ids_BT, kept_BT)
     logits_NV, values_N = logits_NV[real_K], None if values_N is None else values_N[real_K]
     logits_NV = logits_NV.float() / temperature
@@ -351,16 +351,16 @@ def build_models(args, resume_from, world, local_rank, device):
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
     # whole run, the loss forwards included (autograd does not need train mode), so the forward that
     # computes the loss is the forward that sampled; the sampler puts the model in eval mode anyway.
-    lm = sft.load_model(resume_from or args.model, "fp32", device).eval()
+    lm = load_model(resume_from or args.model, "fp32", device).eval()
     lm.config.use_cache = False
-    ref = sft.load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
+    ref = load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
     head = make_value_head(lm) if args.algo == "ppo" else None
     policy = Policy(lm, head).eval()
     model = policy
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(policy,
                                                           device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **sft.fused_adamw())
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **fused_adamw())
     head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
     return Models(lm, ref, head, policy, model, params, optimizer, head_optimizer)
@@ -371,14 +371,14 @@ def build_models(args, resume_from, world, local_rank, device):
 
 def read_prompts(args):
     """The RL prompts, refusing too few of them for a step and empty --eval-data files."""
-    records = sft.read_jsonl(args.data, check=sft.check_prompt_record)
+    records = read_jsonl(args.data, check=sft.check_prompt_record)
     if not records:
         raise UserError(f"no records in {args.data}")
     if args.prompts_per_step > len(records):
         raise UserError(f"--prompts-per-step {args.prompts_per_step} is more than the {len(records)} prompts of "
                         f"{args.data} (a step would repeat prompts): pass at most {len(records)}")
     for path in args.eval_data:
-        if not sft.read_jsonl(path, check=sft.check_prompt_record):
+        if not read_jsonl(path, check=sft.check_prompt_record):
             raise UserError(f"no records in {path}")
     return records
 
@@ -437,7 +437,7 @@ def split_rows(rows, size):
 def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correct_fn):
     """Sample `group_size` replies per prompt and score them: row i is reply i % K to prompt i // K.
     Returns the batch: per-row lists, the response mask mask_BR and the scores score_B."""
-    with sft.autocast_ctx(device, args.dtype):
+    with autocast_ctx(device, args.dtype):
         out = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
                      return_logprobs=True, max_batch_rows=args.sample_batch_rows or None,
@@ -488,7 +488,7 @@ def advantages(batch, args, world, device):
     rewards_BR = ppo_token_rewards(score_B, kl_BR, mask_BR, args.kl_coef)
     adv_BR, returns_BR = gae(rewards_BR, batch["old_values_BR"], mask_BR, args.gamma, args.lam)
     sums = [masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()]
-    total, total_sq, n_tokens = sft.all_reduce_sum(sums, world, device)
+    total, total_sq, n_tokens = all_reduce_sum(sums, world, device)
     mean = total / n_tokens
     return dict(adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR,
                 zero_var=0.0)
@@ -539,11 +539,11 @@ def update(models, batch, args, local_mini, seed, world, device, pad_id):
             order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         for start in range(0, B, local_mini):
             minibatch = order[start:start + local_mini]
-            n_tokens, = sft.all_reduce_sum([int(mask_BR[minibatch].sum())], world, device)
+            n_tokens, = all_reduce_sum([int(mask_BR[minibatch].sum())], world, device)
             scale = sft.step_loss_scale(n_tokens, world)  # token-level averaging over the mini-batch, all ranks
             micro_batches = split_rows(minibatch, args.micro_batch_size)
             for k, rows in enumerate(micro_batches):
-                with sft.grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
+                with grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
                     loss, parts = micro_batch_loss(models.model, batch, rows, scale, args, pad_id, device)
                     loss.backward()
                 if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler
@@ -588,7 +588,7 @@ def log_row(step, batch, learned, times, signum, n_prompts, args, world, device)
     B = len(batch["response"])
     keys = list(stats) + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens",
                           "signalled"]
-    sums = sft.all_reduce_sum([stats[k] for k in stats] + [
+    sums = all_reduce_sum([stats[k] for k in stats] + [
         sum(batch["reward"]), sum(batch["correct"]), sum(batch["lengths"]), sum(batch["truncated"]), B,
         batch["zero_var"] * (B // args.group_size), float(batch["mask_BR"].sum()), signum], world, device)
     total = dict(zip(keys, sums))
@@ -617,18 +617,18 @@ def log_line(row, args, times):
             f"time {times[0]:.1f}s+{times[1]:.1f}s")
 
 # -----------------------------------------------------------------------------
-# checkpoints: sft.save_checkpoint for the LM and its optimizer, plus the value head for PPO
+# checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
 
 
 def save_rl_checkpoint(out_dir, name, models, tokenizer, step, args, rank):
-    # the value head is written before sft.save_checkpoint writes trainer_state.pt (what marks a
+    # the value head is written before save_checkpoint writes trainer_state.pt (what marks a
     # checkpoint complete for --resume), so a complete step_N/ always has its head
     head = models.head
     if head is not None and rank == 0:
         os.makedirs(args.out, exist_ok=True)
         tmp = os.path.join(out_dir, f".{name}.value_head.pt")
         torch.save({"head": head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, tmp)
-    sft.save_checkpoint(out_dir, name, models.lm, tokenizer, models.optimizer, None, step, args, rank)
+    save_checkpoint(out_dir, name, models.lm, tokenizer, models.optimizer, None, step, args, rank)
     if head is not None and rank == 0:
         os.replace(os.path.join(out_dir, f".{name}.value_head.pt"), os.path.join(out_dir, name, "value_head.pt"))
 
@@ -641,7 +641,7 @@ def value_head_file(ckpt_dir, out_dir):
 
 def resume_training(models, resume_from, out_dir, device):
     """The optimizer state (and PPO's value head) of a checkpoint; returns its step."""
-    state = sft.load_trainer_state(resume_from, models.lm, models.optimizer)
+    state = load_trainer_state(resume_from, models.lm, models.optimizer)
     if models.head is not None:
         saved = torch.load(value_head_file(resume_from, out_dir), map_location=device, weights_only=False)
         models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
@@ -663,15 +663,14 @@ def check_replicas(params, world, device, master):
 def evaluate_now(lm, tokenizer, args, device, step, batch, correct_fn):
     """--eval-every: print a few of the step's replies, then score each --eval-data file: the first
     move's accuracy, and eval.py's environment evaluation (multi-turn for Sokoban)."""
-    from eval import ENV_EVALUATORS, model_replies  # eval.py imports this file (the sampler): not at the top
     lines = [f"--- step {step}: sampled replies"]
     for i in range(0, min(len(batch["text"]), 3 * args.group_size), args.group_size):
         lines.append(f"[reward {batch['reward'][i]:+.1f}] {batch['text'][i][:300]!r}")
     scores = {}
     for path in args.eval_data:
-        records = sft.read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
+        records = read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
-        with sft.autocast_ctx(device, args.dtype):
+        with autocast_ctx(device, args.dtype):
             texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                            stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed).texts
         name = os.path.splitext(os.path.basename(path))[0]
@@ -696,18 +695,18 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     reward / is_correct (tests inject toy ones)."""
     args = get_parser().parse_args(argv)
     reward_fn, correct_fn = reward_fn or reward, correct_fn or is_correct
-    rank, world, local_rank, device = sft.setup_distributed()
+    rank, world, local_rank, device = setup_distributed()
     master = rank == 0
     mini = check_args(args, world)
     torch.manual_seed(args.seed)
     # the data and OUT are checked before any model is loaded or OUT is touched
-    sft.check_out_dir(args.out)
-    args.model = sft.resolve_model(args.model)
+    check_out_dir(args.out)
+    args.model = resolve_model(args.model)
     records = read_prompts(args)
     task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
-    resume_from = sft.check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
-    tokenizer = sft.load_tokenizer(args.model)  # a missing model is refused before OUT is touched
-    sft.prepare_run_dir(args.out, args.overwrite, master, world)
+    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
+    tokenizer = load_tokenizer(args.model)  # a missing model is refused before OUT is touched
+    prepare_run_dir(args.out, args.overwrite, master, world)
     prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
 
     models = build_models(args, resume_from, world, local_rank, device)
@@ -720,7 +719,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
                   longest_prompt=max(len(p) for p in prompts))
     if master:
         print(json.dumps(config, indent=1))
-        sft.start_run_files(args.out, config, start_step)
+        start_run_files(args.out, config, start_step)
 
     # one update a step (GRPO's default): the policy that sampled is the one being updated, so the
     # "old" log-probs are the training forward's own, detached, and the ratio is exactly 1. Otherwise
@@ -728,7 +727,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     # reference's log-probs come from that pass too.
     prepass = config["updates_per_step"] > 1 or models.ref is not None or models.head is not None
     rows_log = []
-    stopper, stop = sft.StopSignal("rl.py"), False
+    stopper, stop = StopSignal("rl.py"), False
     pbar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, disable=not master,
                 desc=args.algo)
     for step in pbar:
@@ -750,7 +749,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
 
         row, signalled = log_row(step, batch, learned, times, stopper.signum, len(records), args, world, device)
         if master:
-            sft.log_step(args.out, row, pbar, step == start_step or (step + 1) % args.log_every == 0,
+            log_step(args.out, row, pbar, step == start_step or (step + 1) % args.log_every == 0,
                          log_line(row, args, times), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
         if args.eval_every and (step + 1) % args.eval_every == 0:
@@ -769,425 +768,12 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             print(f"saved {os.path.join(args.out, 'final')}")
     if world > 1:
         check_replicas(models.params, world, device, master)
-    sft.finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
+    finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
     return rows_log
 
 
-# =============================================================================
-# Rollouts: the KV-cache sampler
-#
-# A decode loop written here, not `model.generate`: each distinct prompt is prefilled once (left
-# padding, an attention mask and per-row position ids), its K/V are copied to the n samples of its
-# group, then every row decodes one token a step from a preallocated cache (_decode_step, in the
-# loop of _sample_batch); finished rows are dropped from the batch as they accumulate. Greedy output
-# is token-for-token the output of `model.generate(do_sample=False)` (tests/test_eval.py). rollout()
-# above, eval.py's evaluator and distillation, and bench.py use it:
-#
-#     from rl import sample
-#     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
-#                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
-#     out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
-#
-#     python bench.py sampler     # tokens/s vs model.generate and vs decoding without a cache
-#
-# Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
-# and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
-
-
-@dataclass
-class Samples:
-    """What `sample` returns; row i is sample i % n of prompt i // n."""
-
-    ids: list  # list[list[int]]: generated token ids, ending with the EOS / stop-string token if any
-    texts: list  # list[str] decoded without special tokens, cut after the first stop string; None without a tokenizer
-    logprobs: list  # list[Tensor (len(ids[i]),)] float32 on CPU: log_softmax(logits / temperature) of each token;
-    #                 None unless asked
-    truncated: list  # list[bool]: hit max_new_tokens without an EOS or a stop string
-    stop_reason: list  # list[str]: "eos", "stop" (a stop string) or "length"
-
-
-class KVCache:
-    """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
-
-    Left padding aligns all rows, so every row writes its next token at the same column `length`
-    and attention reads columns [0, length); padding is hidden by the attention mask. Hugging Face
-    attention layers call `update` with the new K/V; the decode loop advances `length`.
-    Buffers are allocated on the first write, from the shapes the model produces. With `multiple` > 1
-    attention reads [0, length) rounded up to a multiple of it (the extra columns are masked), so a
-    decode loop meets a few key lengths rather than one per token (see `sample`'s `pad_multiple`).
-    """
-
-    def __init__(self, batch_size, max_len, multiple=1):
-        self.batch_size, self.max_len, self.length = batch_size, sft.pad_length(max_len, multiple), 0
-        self.multiple = multiple
-        self.k_BHTD, self.v_BHTD = [], []  # one buffer per layer
-
-    def _alloc(self, layer_idx, like_BHTD):
-        while len(self.k_BHTD) <= layer_idx:
-            _, H, _, D = like_BHTD.shape
-            shape = (self.batch_size, H, self.max_len, D)
-            # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
-            # memory can hold inf/NaN (0 * inf = NaN)
-            self.k_BHTD.append(like_BHTD.new_zeros(shape))
-            self.v_BHTD.append(like_BHTD.new_zeros(shape))
-
-    def update(self, k_BHTD, v_BHTD, layer_idx, *args, **kwargs):
-        self._alloc(layer_idx, k_BHTD)
-        start, end = self.length, self.length + k_BHTD.shape[2]
-        self.k_BHTD[layer_idx][:, :, start:end] = k_BHTD
-        self.v_BHTD[layer_idx][:, :, start:end] = v_BHTD
-        end = sft.pad_length(end, self.multiple)
-        return self.k_BHTD[layer_idx][:, :, :end], self.v_BHTD[layer_idx][:, :, :end]
-
-    def insert(self, other, rows, cols, repeats):
-        """Copy `other`'s filled columns into rows `rows` and columns `cols`, each row `repeats` times
-        (one prefilled prompt -> the n samples of its group, without re-running the prompt)."""
-        for layer_idx, (k_bHTD, v_bHTD) in enumerate(zip(other.k_BHTD, other.v_BHTD)):
-            self._alloc(layer_idx, k_bHTD)
-            b, H, T, D = k_bHTD.shape
-            self.k_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = k_bHTD[:, None]
-            self.v_BHTD[layer_idx][rows, :, cols].view(b, repeats, H, T, D)[:] = v_bHTD[:, None]
-
-    def keep(self, rows_R):
-        """Keep only rows `rows_R` (drop finished samples so they stop costing compute)."""
-        self.k_BHTD = [k[rows_R] for k in self.k_BHTD]
-        self.v_BHTD = [v[rows_R] for v in self.v_BHTD]
-        self.batch_size = len(rows_R)
-
-
-def _cache_kwarg(model):
-    # transformers 5.x renamed `past_key_values` to `cache`; accept both spellings
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _attention_mask(allowed_B1QK, model, dtype):
-    """A 4-D mask the model uses as is: boolean for SDPA, additive (0 / -big) for eager attention."""
-    impl = getattr(model.config, "_attn_implementation", "eager")
-    if impl == "sdpa":
-        return allowed_B1QK
-    if impl == "eager":
-        return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
-            ~allowed_B1QK, torch.finfo(dtype).min)
-    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with "
-                     "attn_implementation='sdpa'")
-
-
-def sample_tokens(logits_BV, temperature, top_p, generator):
-    """Next token of every row and its log-prob under log_softmax(logits / temperature)
-    (log_softmax(logits) for greedy, temperature 0). Top-p truncates what is sampled from; the
-    returned log-prob is the untruncated one, which is what a trainer recomputes."""
-    logits_BV = logits_BV.float()
-    if temperature == 0:
-        logp_BV = F.log_softmax(logits_BV, dim=-1)
-        token_B = logits_BV.argmax(dim=-1)
-    else:
-        logp_BV = F.log_softmax(logits_BV / temperature, dim=-1)
-        probs_BV = logp_BV.exp()
-        if top_p < 1.0:
-            sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-            # keep the smallest top set whose mass reaches top_p (always the most likely token)
-            drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
-            probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
-        token_B = _inverse_cdf(probs_BV, generator)
-    return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
-
-
-def _inverse_cdf(probs_BV, generator):
-    """One draw per row from unnormalised probabilities: the first token whose cumulative mass
-    exceeds a uniform draw. Needs one random number a row, where torch.multinomial on CPU draws one
-    per vocabulary entry (49k for SmolLM2: 54 ms a decode step at batch 80, 13-15 % of the sampler's time)."""
-    cdf_BV = probs_BV.cumsum(dim=-1)
-    total_B1 = cdf_BV[:, -1:]
-    u_B1 = torch.rand(total_B1.shape, generator=generator, device=probs_BV.device) * total_B1
-    # strictly below the total, so the draw lands on a token with mass even if u * total rounds up
-    u_B1 = torch.minimum(u_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
-    return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(-1)
-
-
-class _StopStrings:
-    """Per-row stop-string check that stays cheap: only rows whose new token could complete a stop
-    string (its text holds a stop string's last character, or a partial UTF-8 byte) decode the
-    last few tokens of their reply."""
-
-    _may_end = {}  # (tokenizer id, vocab size, stop strings) -> bool per token id, computed once
-
-    def __init__(self, stop_strings, tokenizer, vocab_size, device):
-        self.stop_strings, self.tokenizer = list(stop_strings), tokenizer
-        # every token holds at least one byte, so this many tokens always cover a stop string
-        self.tail = max(len(s.encode()) for s in self.stop_strings) + 1
-        key = (id(tokenizer), len(tokenizer), vocab_size, tuple(self.stop_strings))
-        if key not in self._may_end:
-            last_chars = {s[-1] for s in self.stop_strings} | {"\ufffd"}
-            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-            flags = [any(c in t for c in last_chars) for t in texts]
-            flags += [True] * (vocab_size - len(flags))  # ids the tokenizer lacks: check them anyway
-            self._may_end[key] = torch.tensor(flags)
-        self.may_end_V = self._may_end[key].to(device)
-
-    def hits(self, token_B, out_BN, rows, n_new):
-        """Batch rows whose reply (row `rows[r]` of out_BN, n_new tokens so far) now holds a stop string."""
-        cand = self.may_end_V[token_B].nonzero().squeeze(-1).tolist()
-        if not cand:
-            return []
-        tails = out_BN[[rows[r] for r in cand], max(0, n_new - self.tail):n_new].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return [r for r, t in zip(cand, texts) if any(s in t for s in self.stop_strings)]
-
-
-def cut_at_stop(text, stop_strings):
-    """Text up to and including the first stop string that ends in it."""
-    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
-    return text[:min(ends)] if ends else text
-
-
-def _default_eos_ids(model, tokenizer):
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
-def shared_prefix_len(prompt_ids):
-    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
-    instructions), kept one short of the shortest prompt so every row has a token of its own."""
-    if len(prompt_ids) < 2:
-        return 0
-    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
-    for other in prompt_ids[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return n
-
-
-def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device, multiple=1):
-    """Run a chunk of prompts; returns its KVCache, its (b, T) mask of real columns and the
-    next-token logits (b, V) in float32.
-
-    Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
-    row), then each prompt's own suffix, left-padded to the longest suffix and further, so that the
-    chunk's length is a multiple of `multiple` (fewer distinct shapes, see `sample`). Position ids
-    count real tokens only, so a row's keys are the ones it would get alone; attention ignores
-    padding, and a padding query attends to itself only, so its (unused) states stay finite.
-    """
-    P = shared_prefix_len(prompt_ids)
-    suffixes = [p[P:] for p in prompt_ids]
-    b, Ts = len(prompt_ids), sft.pad_length(P + max(map(len, suffixes)), multiple) - P
-    chunk_cache = KVCache(b, P + Ts)
-    if P > 0:
-        prefix_cache = KVCache(1, P)
-        allowed_11PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None, None]
-        model(input_ids=torch.tensor([prompt_ids[0][:P]], device=device),
-              attention_mask=_attention_mask(allowed_11PP, model, dtype),
-              position_ids=torch.arange(P, device=device)[None], use_cache=True, logits_to_keep=1,
-              **{cache_kw: prefix_cache})
-        chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
-        chunk_cache.length = P
-    ids_bT = torch.tensor([[0] * (Ts - len(s)) + list(s) for s in suffixes], device=device)
-    real_bT = torch.arange(Ts, device=device)[None, :] >= torch.tensor([Ts - len(s) for s in suffixes],
-                                                                      device=device)[:, None]
-    pos_bT = P + (real_bT.long().cumsum(-1) - 1).clamp(min=0)
-    causal_TT = torch.ones(Ts, Ts, dtype=torch.bool, device=device).tril()
-    own_bTT = (causal_TT & real_bT[:, None, :]) | torch.eye(Ts, dtype=torch.bool, device=device)
-    prefix_bTP = real_bT[:, :, None].expand(b, Ts, P)  # real queries see the whole shared prefix
-    allowed_b1TK = torch.cat([prefix_bTP, own_bTT], dim=-1)[:, None]
-    out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TK, model, dtype), position_ids=pos_bT,
-                use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
-    valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bT], dim=-1)
-    return chunk_cache, valid_bT, out.logits[:, -1].float()
-
-
-def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens, multiple=1):
-    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length,
-    rounded up to `multiple`) and its shared prefix run once (_prefill_chunk); each prompt's K/V go
-    to its n rows of `cache` and its real tokens are marked in valid_BT. Returns the logits of every
-    row's first new token, (B, V)."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cache_kw = _cache_kwarg(model)
-    lens = [len(p) for p in prompt_ids]
-    T0 = sft.pad_length(max(lens), multiple)
-    first_logits = []
-    start = 0
-    while start < len(prompt_ids):
-        stop = start + 1
-        while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
-            stop += 1
-        chunk_cache, valid_bT, logits_bV = _prefill_chunk(model, prompt_ids[start:stop], cache_kw, dtype, device,
-                                                          multiple)
-        rows, cols = slice(start * n, stop * n), slice(T0 - chunk_cache.max_len, T0)
-        cache.insert(chunk_cache, rows, cols, n)
-        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
-        first_logits.append(logits_bV.repeat_interleave(n, dim=0))
-        start = stop
-    cache.length = T0
-    return torch.cat(first_logits)
-
-
-def _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype):
-    """The decode step: every row's newest token (at position pos_B) attends to its cached K/V and to
-    itself, its own K/V are written at column cache.length; returns the next logits (B, V)."""
-    L = cache.length
-    valid_BT[:, L] = True
-    K = sft.pad_length(L + 1, cache.multiple)  # the key columns the cache hands to attention
-    # contiguous: SDPA on CPU is ~1.5x slower with a strided mask
-    mask_B11T = _attention_mask(valid_BT[:, None, None, :K].contiguous(), model, dtype)
-    out = model(input_ids=token_B[:, None], attention_mask=mask_B11T, position_ids=pos_B[:, None],
-                use_cache=True, **{cache_kw: cache})
-    cache.length += 1
-    return out.logits[:, -1]
-
-
-@torch.no_grad()
-def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_ids, stopper, generator,
-                  prefill_tokens, drop_fraction, multiple):
-    """Decode n samples of each prompt in one batch; returns (ids, logprobs, reasons) per row."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cache_kw = _cache_kwarg(model)
-    lens = [len(p) for p in prompt_ids]
-    T0 = sft.pad_length(max(lens), multiple)  # every prompt ends at column T0 - 1; new tokens follow in lockstep
-    B = len(prompt_ids) * n
-    cache = KVCache(B, T0 + max_new_tokens, multiple)
-    valid_BT = torch.zeros(B, cache.max_len, dtype=torch.bool, device=device)  # real tokens, per row
-
-    logits_BV = _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens, multiple)
-
-    # decode: one token a step for every row still in the batch (the decode step of the sampler)
-    pos_B = torch.tensor(lens, device=device).repeat_interleave(n)
-    rows = list(range(B))  # batch row -> sample index (host copy of row_B)
-    row_B = torch.arange(B, device=device)
-    alive_B = torch.ones(B, dtype=torch.bool, device=device)  # finished rows linger until dropped
-    out_BN = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    logp_BN = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
-    eos_E = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    n_gen = [max_new_tokens] * B
-    reasons = ["length"] * B
-    for step in range(max_new_tokens):
-        token_B, logp_B = sample_tokens(logits_BV, temperature, top_p, generator)
-        out_BN[row_B, step] = token_B
-        logp_BN[row_B, step] = logp_B
-        ended_B = torch.isin(token_B, eos_E) & alive_B
-        alive_B &= ~ended_B
-        for r in ended_B.nonzero().squeeze(-1).tolist():
-            n_gen[rows[r]], reasons[rows[r]] = step + 1, "eos"
-        if stopper is not None:
-            for r in stopper.hits(token_B, out_BN, rows, step + 1):
-                if reasons[rows[r]] == "length":
-                    n_gen[rows[r]], reasons[rows[r]] = step + 1, "stop"
-                    alive_B[r] = False
-        n_alive = int(alive_B.sum())
-        if n_alive == 0 or step == max_new_tokens - 1:
-            break
-        n_dead = len(rows) - n_alive
-        if n_dead > 0 and n_dead >= drop_fraction * len(rows):
-            keep_R = alive_B.nonzero().squeeze(-1)
-            cache.keep(keep_R)
-            valid_BT, pos_B, row_B, token_B = valid_BT[keep_R], pos_B[keep_R], row_B[keep_R], token_B[keep_R]
-            alive_B = alive_B[keep_R]
-            rows = row_B.tolist()
-        logits_BV = _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype)
-        pos_B += 1
-
-    out_BN, logp_BN = out_BN.cpu(), logp_BN.cpu()
-    ids = [out_BN[i, :n_gen[i]].tolist() for i in range(B)]
-    logprobs = [logp_BN[i, :n_gen[i]].clone() for i in range(B)]
-    return ids, logprobs, reasons
-
-
-def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
-           stop_strings=(), tokenizer=None, seed=0, return_logprobs=False, max_batch_rows=None,
-           prefill_tokens=None, drop_fraction=0.25, pad_multiple=32):
-    """Sample n replies to each prompt (lists of token ids, e.g. a chat-templated prompt).
-
-    temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any of `eos_ids`
-    (default: the model's generation config, else the tokenizer's EOS) or once its decoded reply
-    contains one of `stop_strings` (needs `tokenizer`), else after `max_new_tokens`. Seeded with
-    a local generator: the same call gives the same samples whatever the global RNG state.
-    `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
-    `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
-    GPU); rows are dropped from the batch
-    once `drop_fraction` of it has finished. Prompts are left-padded, and attention reads the cache,
-    in lengths rounded up to a multiple of `pad_multiple` (masked columns; 1 pads nothing): on CPUs
-    oneDNN keeps a kernel per matmul shape (sft.pad_length), and a new key length per decoded token
-    grows the process (measured, SmolLM2, 8 General Points prompts x 8 on one thread: 1.2 -> 2.0-2.3 GB
-    over six calls unpadded, flat at 1.2 GB padded to 32, in about the same time). The model is put in
-    eval mode (and an eager-attention model in SDPA) for the call, and restored after.
-    Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
-    """
-    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or pad_multiple < 1:
-        raise ValueError(f"need n >= 1, max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1, pad_multiple >= 1 "
-                         f"(got {n}, {max_new_tokens}, {temperature}, {top_p}, {pad_multiple})")
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("every prompt needs at least one token")
-    if stop_strings and tokenizer is None:
-        raise ValueError("stop_strings need a tokenizer")
-    layer_types = getattr(model.config, "layer_types", None) or []
-    if any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"sample() supports full attention only, the model has layer types {set(layer_types)}")
-    eos_ids = _default_eos_ids(model, tokenizer) if eos_ids is None else list(eos_ids)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    vocab_size = max(model.get_output_embeddings().weight.shape[0], len(tokenizer) if tokenizer is not None else 0)
-    if prefill_tokens is None:  # small chunks stay in a CPU's caches; a GPU wants big ones
-        prefill_tokens = 2048 if device.type == "cpu" else 16384
-    stopper = _StopStrings(stop_strings, tokenizer, vocab_size, device) if stop_strings else None
-    per_batch = len(prompt_ids) if max_batch_rows is None else max(1, max_batch_rows // n)
-
-    # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    was_training = model.training
-    # SDPA decodes a grouped-query model without copying K/V once per query head (eager's repeat_kv):
-    # 2.4x the sampler's speed at batch 80 on a CPU, where the trainers keep eager (sft.load_model)
-    to_sdpa = (getattr(model.config, "_attn_implementation", None) == "eager"
-               and hasattr(model, "set_attn_implementation"))
-    model.eval()
-    if to_sdpa:
-        model.set_attn_implementation("sdpa")
-    try:
-        results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
-        for start in range(0, len(order), per_batch):
-            batch = [prompt_ids[i] for i in order[start:start + per_batch]]
-            results += zip(*_sample_batch(model, batch, n, max_new_tokens, temperature, top_p, eos_ids, stopper,
-                                          generator, prefill_tokens, drop_fraction, pad_multiple))
-    finally:
-        model.train(was_training)
-        if to_sdpa:
-            model.set_attn_implementation("eager")
-    rank = {p: r for r, p in enumerate(order)}
-    ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
-    ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)
-    texts = None
-    if tokenizer is not None:
-        texts = [cut_at_stop(t, stop_strings) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return Samples(ids=ids, texts=texts, logprobs=logprobs if return_logprobs else None,
-                   truncated=[r == "length" for r in reasons], stop_reason=reasons)
-
-
-# -----------------------------------------------------------------------------
-# Rewards of one reply, from the environments' own functions (used by rollout(), the evaluator and
-# the distillation filter; nothing else scores a reply)
-
-
-def reward(reply, meta):
-    """The study's reward for one reply to a prompt record's `meta`.
-    Sokoban (single step, as the paper's RL): 1.0 if the reply is well formed (a think block, then
-    the answer) and names one of the state's optimal moves in the vocabulary the environment
-    accepts, else 0.0. General Points: env_gpoints.score, +5 / -1 / -2 / -3."""
-    if meta["task"] == "sokoban":
-        action = env_sokoban.parse_answer(reply, meta["accepted"])
-        well_formed = "</think>" in reply and reply.find("</think>") < reply.rfind("<answer>")
-        return 1.0 if well_formed and action in meta["optimal"] else 0.0
-    if meta["task"] == "gpoints":
-        return float(env_gpoints.score(reply, meta["values"], meta["target"]))
-    raise ValueError(f"unknown task {meta['task']!r}")
-
-
-def is_correct(reply, meta):
-    """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
-    return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))
-
-
 if __name__ == "__main__":
-    sft.run_cli(main, "rl.py")
+    run_cli(main, "rl.py")
 
 # -----------------------------------------------------------------------------
 # pitfalls this file avoids (see ../shared/STYLE.md)
@@ -1196,7 +782,7 @@ if __name__ == "__main__":
 # - Dropout on during RL: every module stays in eval mode; nothing in the loop calls .train().
 # - Sampling through the DDP wrapper: sample() gets the bare `lm`; the loss forward goes
 #   through `model` (the wrapper) so its backward all-reduces, with no_sync around all but the
-#   last micro-batch of an update (sft.grad_sync).
+#   last micro-batch of an update (grad_sync).
 # - Per-micro-batch normalisation: token losses are sums, scaled once by
 #   sft.step_loss_scale(tokens of the mini-batch over all ranks).
 # - The reference model is frozen (requires_grad False) and in eval mode.

@@ -189,15 +189,16 @@ def test_score_levels(reply, values, expected):
 
 
 def test_hostile_input_is_bounded():
+    # CPU time, not wall time: a busy machine may pause the process, which says nothing of the parser
     rng = np.random.default_rng(1234)
     fragments = list("0123456789+-*/()=. {}[]:,'\"\\x<>") + ['{"formula": "', "'formula': '", '"}', "</think>",
                                                              "<answer>", "</answer>", "**", "24"]
     worst = 0.0
     for _ in range(3000):
         reply = "".join(fragments[i] for i in rng.integers(len(fragments), size=int(rng.integers(0, 60))))
-        start = time.perf_counter()
+        start = time.process_time()
         reward = gp.score(reply, [1, 2, 3, 4])
-        worst = max(worst, time.perf_counter() - start)
+        worst = max(worst, time.process_time() - start)
         assert reward in (5, -1, -2, -3)
         assert gp.parse_formula(reply) is None or isinstance(gp.parse_formula(reply), str)
     assert worst < 0.05
@@ -216,9 +217,9 @@ def test_hostile_input_is_bounded():
         ("<think>" + "{}" * 300_000 + "</think>" * 1000 + '{"formula": "4*3*2*1"}', 5),
     ]
     for reply, expected in huge:
-        start = time.perf_counter()
+        start = time.process_time()
         assert gp.score(reply, [1, 2, 3, 4]) == expected
-        assert time.perf_counter() - start < 2.0
+        assert time.process_time() - start < 2.0
 
 # -----------------------------------------------------------------------------
 # cards and dealers

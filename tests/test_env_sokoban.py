@@ -286,9 +286,9 @@ def test_parse_answer_never_raises_on_fuzz_and_is_fast_on_megabytes():
     assert parse_answer("<answer>Up</answer>", None) is None
     megabyte = ["<answer>" * 100_000, "<" * 1_000_000, "<answer>" + "Up " * 350_000 + "</answer>",
                 "x" * 1_000_000 + "<answer>Down</answer>", "</answer><answer" * 60_000]
-    start = time.perf_counter()
+    start = time.process_time()
     results = [parse_answer(reply, VOCABS["default"]) for reply in megabyte]
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert results == [None, None, None, "Down", None]
 
 

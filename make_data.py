@@ -24,7 +24,6 @@ and Large hands never occur in training at all.
 import argparse
 import json
 import os
-import sys
 import time
 from fractions import Fraction
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 import env_gpoints as gp
 import env_sokoban as sok
+from common import UserError, run_cli, write_jsonl
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -56,6 +56,14 @@ def parse_args(argv=None):
     parser.add_argument("--style", choices=("full", "compact"), default="full",
                         help="prompt style: the paper's wording, or a short one with the same information for tiny "
                         "models")
+    parser.add_argument("--sok-cot", choices=("absolute", "relative"), default="absolute",
+                        help="Sokoban CoT targets: 'absolute' names (row,col) coordinates of player, boxes and "
+                        "targets; 'relative' names only the player's four neighbours and directions (no number, "
+                        "so a 10x10 room reads like a 6x6 one)")
+    parser.add_argument("--gp-cot", choices=("path", "search"), default="path",
+                        help="General Points CoT targets: 'path' shows the winning steps only; 'search' shows a "
+                        f"bounded depth-first search: up to {GP_SEARCH_DEAD} tries that reach a dead end and are "
+                        "abandoned, then the winning steps and a check of the formula")
     parser.add_argument("--tasks", nargs="+", choices=("sokoban", "gpoints", "base"), default=("sokoban", "gpoints"),
                         help="which files to write; 'base' is the generic corpus of the tiny base model "
                         "(base/train.jsonl)")
@@ -212,6 +220,52 @@ def sokoban_cot(env, solution, names):
     return " ".join(lines)
 
 
+SIDES = {"Up": "down", "Down": "up", "Left": "right", "Right": "left"}  # the side of a box a push comes from
+
+
+def _direction(origin, cell):
+    """Where `cell` lies seen from `origin`, in words: 'up', 'down-left', ... (no distance)."""
+    vertical = "up" if cell[0] < origin[0] else "down" if cell[0] > origin[0] else ""
+    horizontal = "left" if cell[1] < origin[1] else "right" if cell[1] > origin[1] else ""
+    return "-".join(w for w in (vertical, horizontal) if w) or "here"
+
+
+def _content(env, cell):
+    if cell in env.walls or not (0 <= cell[0] < env.dim[0] and 0 <= cell[1] < env.dim[1]):
+        return "wall"
+    if cell in env.boxes:
+        return "box on target" if cell in env.targets else "box"
+    return "target" if cell in env.targets else "floor"
+
+
+def sokoban_relative_cot(env, solution, names):
+    """The plan of sokoban_cot without a number, so that a 10x10 room reads like a 6x6 one: what
+    is next to the player, each box as a direction from the player with the direction of the
+    target the solution brings it to (the box pushed first, then the others), the first push and
+    the side of the box it comes from, the walk to it, then the first move in the prompt's names."""
+    boxes, player, push = list(env.boxes), env.player, None
+    for i, action in enumerate(solution):  # follow the solution, each box keeping its index
+        dr, dc = sok.ACTION_DELTAS[action]
+        player = (player[0] + dr, player[1] + dc)
+        if player in boxes:
+            k = boxes.index(player)
+            boxes[k] = (player[0] + dr, player[1] + dc)
+            push = push or (i, k, action)
+    walked, first, action = push  # the moves before the first push, the box it pushes, its direction
+    around = ", ".join(f"{a.lower()} {_content(env, (env.player[0] + dr, env.player[1] + dc))}"
+                       for a, (dr, dc) in sok.ACTION_DELTAS.items())
+    lines = [f"around: {around}."]
+    for k in [first] + [k for k in range(len(boxes)) if k != first]:
+        box, target = env.boxes[k], boxes[k]
+        goal = "on its target" if box == target else f"its target: {_direction(box, target)}"
+        lines.append(f"{'box' if k == first else 'other box'}: {_direction(env.player, box)}, {goal}.")
+        if k == first:
+            lines.append(f"push it {action} from its {SIDES[action]} side.")
+    lines.append(f"walk {' '.join(solution[:walked]) or 'none'}, then push {action}.")
+    lines.append(f"first move {solution[0]}, named {names[solution[0]]}.")
+    return " ".join(lines)
+
+
 def _number(x):
     return str(x) if not isinstance(x, Fraction) or x.denominator != 1 else str(x.numerator)
 
@@ -219,16 +273,82 @@ def _number(x):
 def gpoints_cot(cards, values, target=24):
     """A compact search trace: the values of the cards, then each combination of the solution
     found by the search with the numbers left after it, until only the target is left."""
-    steps = gp.solution_steps(values, target)
     left = [Fraction(v) for v in values]
     lines = ["cards " + " ".join(cards) + " are " + " ".join(_number(v) for v in values) + "."]
-    for a, op, b, result in steps:
-        left.remove(Fraction(a))
-        left.remove(Fraction(b))
-        left.append(Fraction(result))
-        numbers_left = " ".join(_number(x) for x in left)
-        lines.append(f"{_number(a)}{op}{_number(b)}={_number(result)}, left {numbers_left}.")
+    for step in gp.solution_steps(values, target):
+        left, line = _gp_step(left, *step)
+        lines.append(line)
     lines.append(f"reached {target}.")
+    return " ".join(lines)
+
+
+def _gp_step(left, a, op, b, result, brackets=False):
+    """The numbers left after `a op b = result` (a and b removed, the result appended) and the
+    trace's sentence for the step; `brackets` puts a negative or fractional operand in brackets,
+    so that 8/(1/3) cannot be read as 8/1/3."""
+    left = list(left)
+    left.remove(Fraction(a))
+    left.remove(Fraction(b))
+    left.append(Fraction(result))
+    shown = [f"({_number(x)})" if brackets and (x < 0 or Fraction(x).denominator != 1) else _number(x) for x in (a, b)]
+    return left, f"{shown[0]}{op}{shown[1]}={_number(result)}, left {' '.join(_number(x) for x in left)}."
+
+
+GP_SEARCH_DEAD = 3  # the most abandoned tries in one search trace (each at most cards-2 steps long)
+
+
+def _integer_steps(left):
+    """Every distinct step over two of the integers `left` whose result is a non-negative
+    integer, the larger number first: what a try of the search may do. Never divides by zero."""
+    steps = []
+    for i in range(len(left)):
+        for j in range(i + 1, len(left)):
+            a, b = max(left[i], left[j]), min(left[i], left[j])
+            for op, result in (("+", a + b), ("-", a - b), ("*", a * b), ("/", a / b if b else None)):
+                if result is not None and result.denominator == 1 and result >= 0 and (a, op, b, result) not in steps:
+                    steps.append((a, op, b, result))
+    return steps
+
+
+def _solvable(left, target):
+    return gp.is_solvable([int(x) for x in left], target)  # exhaustive: every expression tree
+
+
+def gpoints_search_cot(cards, values, rng, target=24, max_dead=GP_SEARCH_DEAD):
+    """A bounded depth-first search trace, in the style of Stream of Search (Gandhi et al. 2024):
+    the card values, the steps of the solution (those of gpoints_cot), and a check of the
+    answer's formula. Before a step, the search may first try another step after which the exact
+    solver finds no way to the target, follow it down to two numbers, say so and go back: 0 to
+    `max_dead` such tries in all (drawn with `rng`, from states whose numbers are all integers)."""
+    states, path = [[Fraction(v) for v in values]], []
+    for step in gp.solution_steps(values, target):
+        left, line = _gp_step(states[-1], *step, brackets=True)
+        states.append(left)
+        path.append(line)
+    dead = {d: [s for s in _integer_steps(state) if not _solvable(_gp_step(state, *s)[0], target)]
+            for d, state in enumerate(states) if len(state) >= 3 and all(x.denominator == 1 for x in state)}
+    tries = {d: [] for d in dead}
+    for _ in range(int(rng.integers(max_dead + 1))):
+        open_states = [d for d in dead if dead[d]]
+        if not open_states:
+            break
+        d = open_states[int(rng.integers(len(open_states)))]
+        tries[d].append(dead[d].pop(int(rng.integers(len(dead[d])))))
+    lines = ["cards " + " ".join(cards) + " are " + " ".join(_number(v) for v in values) + "."]
+    for d, line in enumerate(path):
+        for step in tries.get(d, ()):
+            left = states[d]
+            while True:  # every state below a dead one is dead: follow random steps down to two numbers
+                left, try_line = _gp_step(left, *step, brackets=True)
+                lines.append(try_line)
+                if len(left) <= 2:
+                    break
+                options = _integer_steps(left)
+                step = options[int(rng.integers(len(options)))]
+            assert not _solvable(left, target), (values, left)
+            lines.append(f"no way to {target} from here, back to {' '.join(_number(x) for x in states[d])}.")
+        lines.append(line)
+    lines.append(f"check: {gp.solve_one(values, target)} = {target}. yes.")
     return " ".join(lines)
 
 # -----------------------------------------------------------------------------
@@ -310,6 +430,7 @@ def sokoban_sft_sets(args, states):
     """The four SFT sets over the same states: frozen or diverse names, answer-only or CoT."""
     rng = stream(args.seed, "sokoban/diverse-names")
     keep_default = stream(args.seed, "sokoban/default-share")  # its own stream: the drawn names stay the same
+    cot = {"absolute": sokoban_cot, "relative": sokoban_relative_cot}[args.sok_cot]
     out = {"train_ans": [], "train_cot": [], "train_diverse_ans": [], "train_diverse_cot": []}
     for grid, env, optimal, solution, seed, symmetry in states:
         diverse = diverse_names(rng)
@@ -321,7 +442,7 @@ def sokoban_sft_sets(args, states):
             meta["symmetry"] = symmetry
             prompt = dict(role="user", content=sokoban_prompt(grid, names, args.style))
             word = names[solution[0]]
-            for kind, think in (("ans", ""), ("cot", sokoban_cot(env, solution, names))):
+            for kind, think in (("ans", ""), ("cot", cot(env, solution, names))):
                 reply = dict(role="assistant", content=sokoban_reply(word, think))
                 out[f"{prefix}_{kind}"].append(dict(messages=[prompt, reply], meta=meta))
     return out
@@ -410,6 +531,7 @@ def build_gpoints(args):
             rng = stream(args.seed, f"gpoints/{prefix}/{diverse}")
             name = prefix + ("_diverse" if diverse else "")
             kinds = {f"{name}_ans": [], f"{name}_cot": []} if sft else {name: []}
+            search_rng = stream(args.seed, f"gpoints/{name}/search-cot")  # its own stream: the hands stay the same
             for i in tqdm(range(n), desc=f"gpoints/{name}", leave=False):
                 mapping = gp.TRAIN_DIVERSE_MAPPINGS[i % len(gp.TRAIN_DIVERSE_MAPPINGS)] if diverse else "all10"
                 cards = gp.deal_train(rng, mapping, exclude=exclude)
@@ -419,7 +541,11 @@ def build_gpoints(args):
                     continue
                 values = gp.hand_values(cards, mapping)
                 formula = gp.solve_one(values)
-                for kind, think in (("ans", ""), ("cot", gpoints_cot(cards, values))):
+                if args.gp_cot == "search":
+                    cot = gpoints_search_cot(cards, values, search_rng)
+                else:
+                    cot = gpoints_cot(cards, values)
+                for kind, think in (("ans", ""), ("cot", cot)):
                     reply = gpoints_reply(cards, values, formula, think)
                     kinds[f"{name}_{kind}"].append(gpoints_record(cards, mapping, mapping, variant, args.style, reply))
             files.update(kinds)
@@ -517,34 +643,7 @@ def build_base(args):
 
 
 # -----------------------------------------------------------------------------
-# Shared with every script, torch-free (sft.py re-exports them in its "shared plumbing" section):
-# the one error convention and the one atomic file writer
-
-
-class UserError(Exception):
-    """A problem with the inputs: reported as one line `SCRIPT.py: error: ...`, exit status 2 (run_cli)."""
-
-
-def run_cli(main, script):
-    """Run a script's main(): a UserError becomes one line on stderr and exit status 2 (argparse's)."""
-    try:
-        main()
-    except UserError as e:
-        print(f"{script}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def write_atomic(path, write, binary=False):
-    """Write a file through `write(f)` into a temporary file in the same directory, then rename it:
-    an interrupted run never leaves half a file behind. Text is UTF-8."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def write_jsonl(path, records):
-    write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+# main
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@
 #   STEPS=400 LR=2e-4 bash study.sh sokoban   # any of the sizes below can be overridden the same way
 #   DEFAULT_SHARE=0.25 ROWS=diverse_ans bash study.sh sokoban  # a quarter of the diverse records keep Up/Down/...
 #   SFT_DTYPE=fp32 bash study.sh quick   # on a CPU without native bf16 (no AMX, no AVX512_BF16) fp32 is faster
+#   COT=search ROWS="cot diverse_cot" bash study.sh gpoints    # the CoT that searches (COT=relative on Sokoban)
 #
 # The paper's checkpoint rule: a row that saved step_N/ checkpoints (SmolLM2: every 50 steps) is swept
 # (eval.py --sweep at SWEEP_LIMIT records a test set, on SWEEP_VARIANTS), and the checkpoint with the best
@@ -69,6 +70,11 @@ if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
 TAG=$MODE D=$OUT/data DATA_EXTRA=""
 [ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }
 if [ -n "${DEFAULT_SHARE:-}" ]; then TAG+=-default$DEFAULT_SHARE; D+=-default$DEFAULT_SHARE; DATA_EXTRA="--sok-default-share $DEFAULT_SHARE"; fi
+# COT=search (General Points) or COT=relative (Sokoban): make_data.py's other CoT traces, in their own folders
+if [ -n "${COT:-}" ]; then
+  TAG+=-cot$COT; D+=-cot$COT
+  if [ "$TASK" = gpoints ]; then DATA_EXTRA+=" --gp-cot $COT"; else DATA_EXTRA+=" --sok-cot $COT"; fi
+fi
 R=$OUT/runs/$TAG RES=$OUT/results/$TAG BASE=$OUT/runs/base-${COPY_STEPS:-0}-${BASE_STEPS:-0}-seed$SEED
 mkdir -p "$RES"
 COMMANDS=$RES/$TASK-commands.txt

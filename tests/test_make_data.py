@@ -1,9 +1,12 @@
 """make_data.py: determinism, disjointness, correct targets, the variants as in PAPER.md."""
+import ast
 import filecmp
 import json
 import os
+import re
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 
@@ -182,6 +185,8 @@ def test_compact_style_keeps_the_information():
     (["--bogus"], "unrecognized arguments"),
     (["--out", "/proc/forbidden/data", "--scale", "small"], "cannot write to"),
     (["--sok-default-share", "1.5"], "--sok-default-share 1.5: must be between 0 and 1"),
+    (["--gp-cot", "tree"], "argument --gp-cot: invalid choice"),
+    (["--sok-cot", "grid"], "argument --sok-cot: invalid choice"),
 ])
 def test_bad_arguments_give_one_line(argv, message):
     result = subprocess.run([sys.executable, "make_data.py", *argv], cwd=ROOT, capture_output=True, text=True)
@@ -253,3 +258,250 @@ def test_readme_file_counts_are_what_make_data_writes(tmp_path):
     assert stated == written
     n_sft = written["data/sokoban/train_ans.jsonl"]
     assert f"({n_sft:,} examples of ~400 tokens" in readme  # the GPU time estimate uses the same figure
+
+# -----------------------------------------------------------------------------
+# the CoT variants: --gp-cot search (a search with dead ends) and --sok-cot relative (no coordinates)
+
+NEW_COT = ["--gp-cot", "search", "--sok-cot", "relative"]
+
+
+@pytest.fixture(scope="module")
+def new_cot_data(tmp_path_factory):
+    """The `data` fixture's command with the new CoT flags."""
+    out = tmp_path_factory.mktemp("new-cot")
+    make_data.main(["--out", str(out), "--scale", "small", "--sok-train-rooms", "60", "--gp-train", "300", *NEW_COT])
+    return str(out)
+
+
+def think(record):
+    reply = record["messages"][1]["content"]
+    return reply[reply.index("<think>") + len("<think>"):reply.index("</think>")].strip()
+
+
+def test_cot_flags_have_help_and_default_to_todays_traces(capsys):
+    with pytest.raises(SystemExit):
+        make_data.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--gp-cot {path,search}" in text and "--sok-cot {absolute,relative}" in text
+    assert "depth-first search" in text and "no number" in text
+    args = make_data.parse_args([])
+    assert (args.gp_cot, args.sok_cot) == ("path", "absolute")
+
+
+def test_default_cot_files_hold_todays_traces_and_new_flags_change_only_the_thinking(data, new_cot_data):
+    # today's traces, pinned as text
+    assert make_data.gpoints_cot(["3", "5", "9", "2"], [3, 5, 9, 2]) == (
+        "cards 3 5 9 2 are 3 5 9 2. 9*3=27, left 5 2 27. 27+2=29, left 5 29. 29-5=24, left 24. reached 24.")
+    assert make_data.gpoints_cot(["8", "3", "8", "3"], [8, 3, 8, 3]) == (
+        "cards 8 3 8 3 are 8 3 8 3. 8/3=8/3, left 8 3 8/3. 3-8/3=1/3, left 8 1/3. 8/1/3=24, left 24. reached 24.")
+    env = sok.SokobanEnv.from_text("# # # # # #\n# O _ _ _ #\n# _ # X _ #\n# # # P _ #\n# # # # # #\n# # # # # #")
+    assert make_data.sokoban_cot(env, sok.solve(env), sok.VOCABS["alpha"]) == (
+        "player (3,3). boxes (2,3). targets (1,1). push box (2,3) Up to (1,3). walk none, then push Up. "
+        "first move Up, named A.")
+    for name in ("train_cot", "train_diverse_cot"):
+        for r in load(data, "gpoints", name):
+            assert think(r) == make_data.gpoints_cot(r["meta"]["cards"], r["meta"]["values"])
+    # with the new flags, every file is the same but for the thinking of the CoT targets
+    for task, names in (("sokoban", SOK_FILES), ("gpoints", GP_FILES)):
+        for name in names:
+            old, new = load(data, task, name), load(new_cot_data, task, name)
+            if name.endswith("_cot"):
+                assert all(think(a) != think(b) for a, b in zip(old, new))
+                for r in old + new:
+                    r["messages"][1]["content"] = r["messages"][1]["content"].replace(think(r), "")
+            assert old == new, (task, name)
+
+
+# General Points search traces, read back by an independent parser and solver
+
+NUMBER = r"-?\d+(?:/\d+)?"
+OPERAND = rf"\d+|\({NUMBER}\)"  # a negative or fractional operand is bracketed
+STEP_RE = re.compile(rf"({OPERAND})([-+*/])({OPERAND})=({NUMBER}), left ({NUMBER}(?: {NUMBER})*)\.")
+
+
+def brute_force(numbers, target):
+    """Whether the rationals can make target: any two merged by any operation, recursively."""
+    if len(numbers) == 1:
+        return numbers[0] == target
+    for i, a in enumerate(numbers):
+        for j, b in enumerate(numbers):
+            if i != j:
+                rest = [x for k, x in enumerate(numbers) if k not in (i, j)]
+                if any(brute_force(rest + [r], target) for r in [a + b, a - b, a * b] + ([a / b] if b else [])):
+                    return True
+    return False
+
+
+def evaluate(formula):
+    """(exact value, integer literals) of a + - * / formula with brackets."""
+    literals = []
+
+    def value(node):
+        if isinstance(node, ast.BinOp):
+            a, b = value(node.left), value(node.right)
+            op = type(node.op)
+            assert op in (ast.Add, ast.Sub, ast.Mult, ast.Div) and (op is not ast.Div or b != 0), formula
+            return a + b if op is ast.Add else a - b if op is ast.Sub else a * b if op is ast.Mult else a / b
+        assert isinstance(node, ast.Constant) and type(node.value) is int, formula
+        literals.append(node.value)
+        return Fraction(node.value)
+    return value(ast.parse(formula, mode="eval").body), literals
+
+
+def check_search_trace(trace, cards, values, target=24):
+    """Replays a search trace: every step exact on numbers that are there, every state given up
+    unsolvable, a dead end reached at two numbers, the way back to an earlier state, the winning
+    path ending at the target, the check line true. Returns (tries given up, checked formula)."""
+    sentences = [s.strip() for s in re.findall(r"[^.]+\.", trace)]  # no decimal point in a trace
+    assert sentences[0] == f"cards {' '.join(cards)} are {' '.join(map(str, values))}.", trace
+    check = re.fullmatch(rf"check: (.+) = {target}\.", sentences[-2])
+    assert check and sentences[-1] == "yes.", trace
+    path, dead = [[Fraction(v) for v in values]], 0  # the states from the cards to the current one
+    for sentence in sentences[1:-2]:
+        step = STEP_RE.fullmatch(sentence)
+        if step:
+            a, op, b = Fraction(step[1].strip("()")), step[2], Fraction(step[3].strip("()"))
+            assert op != "/" or b != 0, trace
+            left = list(path[-1])
+            left.remove(a)  # ValueError: a number that is not there
+            left.remove(b)
+            result = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            assert Fraction(step[4]) == result, (sentence, trace)
+            assert [Fraction(x) for x in step[5].split()] == left + [result], (sentence, trace)
+            path.append(left + [result])
+            continue
+        back = re.fullmatch(rf"no way to {target} from here, back to ({NUMBER}(?: {NUMBER})*)\.", sentence)
+        assert back and len(path[-1]) == 2, (sentence, trace)
+        resumed = [Fraction(x) for x in back[1].split()]
+        assert resumed in path[:-1], (sentence, trace)
+        given_up = path[path.index(resumed) + 1:]
+        assert given_up and not any(brute_force(state, target) for state in given_up), (sentence, trace)
+        del path[path.index(resumed) + 1:]
+        dead += 1
+    assert path[-1] == [target] and len(path) == len(values), trace
+    result, literals = evaluate(check[1])
+    assert result == target and sorted(literals) == sorted(values), trace
+    return dead, check[1]
+
+
+def test_gp_search_cot_is_true_for_4_and_5_cards_and_other_targets():
+    deal_rng, search_rng = make_data.stream(0, "test/hands"), make_data.stream(0, "test/search")
+    hands = [(cards, 24) for cards in (["8", "3", "8", "3"], ["A", "5", "A", "7"], ["3", "3", "8", "8"])]
+    for n_cards, target, n in ((4, 24, 150), (5, 24, 60), (4, 10, 20), (5, 36, 20)):
+        hands += [(gp.deal_train(deal_rng, num_cards=n_cards, target=target), target) for _ in range(n)]
+    tries = set()
+    for cards, target in hands:
+        values = gp.hand_values(cards, "all10")
+        trace = make_data.gpoints_search_cot(cards, values, search_rng, target)
+        dead, formula = check_search_trace(trace, cards, values, target)
+        assert formula == gp.solve_one(values, target)  # the answer's formula is the winning path's
+        tries.add(dead)
+    assert tries == set(range(make_data.GP_SEARCH_DEAD + 1))  # the budget is used, never exceeded
+    again = make_data.gpoints_search_cot(cards, values, make_data.stream(0, "x"), target)
+    assert again == make_data.gpoints_search_cot(cards, values, make_data.stream(0, "x"), target)
+
+
+def test_gp_search_cot_files_answer_with_the_checked_formula(new_cot_data):
+    for name in ("train_cot", "train_diverse_cot"):
+        for r in load(new_cot_data, "gpoints", name):
+            meta, reply = r["meta"], r["messages"][1]["content"]
+            _, formula = check_search_trace(think(r), meta["cards"], meta["values"], meta["target"])
+            answer = json.loads(reply[reply.index("</think>") + len("</think>"):])["formula"]
+            assert answer == formula and gp.score(reply, meta["values"], meta["target"]) == 5
+            value, literals = evaluate(answer)
+            assert value == 24 and sorted(literals) == sorted(meta["values"])
+
+
+# Sokoban relative traces, checked against the grid
+
+MOVE = "(?:Up|Down|Left|Right)"
+GOAL = "on its target|its target: [a-z-]+"
+RELATIVE_RE = re.compile(
+    r"around: up (?P<up>[a-z ]+), down (?P<down>[a-z ]+), left (?P<left>[a-z ]+), right (?P<right>[a-z ]+)\. "
+    rf"box: (?P<box>[a-z-]+), (?P<goal>{GOAL})\. push it (?P<push>{MOVE}) from its (?P<side>[a-z]+) side\. "
+    rf"(?:other box: (?P<other>[a-z-]+), (?P<other_goal>{GOAL})\. )?"
+    rf"walk (?P<walk>none|{MOVE}(?: {MOVE})*), then push (?P=push)\. "
+    rf"first move (?P<first>{MOVE}), named (?P<named>\S+)\.")
+CELL_WORDS = {"#": "wall", "_": "floor", "O": "target", "X": "box", "√": "box on target"}
+DELTAS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+
+
+def moved(cell, move):
+    dr, dc = DELTAS[move.lower()]
+    return cell[0] + dr, cell[1] + dc
+
+
+def direction(origin, cell):
+    words = (["up"] if cell[0] < origin[0] else ["down"] if cell[0] > origin[0] else []) + (
+        ["left"] if cell[1] < origin[1] else ["right"] if cell[1] > origin[1] else [])
+    return "-".join(words)
+
+
+def check_relative_trace(grid, trace, names, solution=None):
+    """Every statement of a relative trace is true of the grid: the four neighbours, the walk over
+    free cells to the side of the box the push comes from, the boxes' directions, where each box
+    ends (along `solution`, or the only target), the first move optimal and named in `names`."""
+    m = RELATIVE_RE.fullmatch(trace)
+    assert m, trace
+    cells = [row.split() for row in grid.splitlines()]
+    find = lambda symbols: [(r, c) for r, row in enumerate(cells) for c, x in enumerate(row) if x in symbols]
+    player, boxes, targets = find("PS")[0], find("X√"), find("O√S")
+    for side in DELTAS:
+        cell = moved(player, side)
+        assert m[side] == CELL_WORDS[cells[cell[0]][cell[1]]], (side, trace)
+    walk = [] if m["walk"] == "none" else m["walk"].split()
+    stand = player
+    for move in walk:
+        stand = moved(stand, move)
+        assert cells[stand[0]][stand[1]] in "_OPS", trace  # no wall, no box on the way
+    box = moved(stand, m["push"])
+    beyond = moved(box, m["push"])
+    assert box in boxes and cells[beyond[0]][beyond[1]] in "_OPS", trace
+    assert m["side"] == direction(box, stand) and m["box"] == direction(player, box), trace
+    others = [b for b in boxes if b != box]
+    assert len(others) <= 1 and (m["other"] is None) == (not others), trace
+    if solution is None:
+        assert len(boxes) == 1
+        ends = {box: targets[0]}
+    else:
+        assert solution[:len(walk) + 1] == walk + [m["push"]], trace
+        ends, at = {b: b for b in boxes}, player
+        for move in solution:
+            at = moved(at, move)
+            pushed = [b for b, end in ends.items() if end == at]
+            if pushed:
+                ends[pushed[0]] = moved(at, move)
+        assert sorted(ends.values()) == sorted(targets)
+    for b, goal in [(box, m["goal"])] + [(o, m["other_goal"]) for o in others]:
+        assert goal == ("on its target" if ends[b] == b else f"its target: {direction(b, ends[b])}"), trace
+    if others:
+        assert m["other"] == direction(player, others[0]), trace
+    first = walk[0] if walk else m["push"]
+    assert m["first"] == first and first in sok.optimal_actions(sok.SokobanEnv.from_text(grid)), trace
+    assert m["named"] == names[first], trace
+    return first
+
+
+def test_sokoban_relative_cot_files_are_true_and_name_the_answer(new_cot_data):
+    for name in ("train_cot", "train_diverse_cot"):
+        for r in load(new_cot_data, "sokoban", name):
+            first = check_relative_trace(r["meta"]["grid"], think(r), r["meta"]["names"])
+            assert sok.parse_answer(r["messages"][1]["content"], r["meta"]["names"]) == first
+
+
+def test_sokoban_relative_cot_has_the_numbers_of_training_in_large_and_two_box_rooms(data, new_cot_data):
+    numbers = lambda text: set(re.findall(r"\d+", text))
+    trained = set().union(*(numbers(think(r)) for r in load(new_cot_data, "sokoban", "train_cot")))
+    trained_absolute = set().union(*(numbers(think(r)) for r in load(data, "sokoban", "train_cot")))
+    names = sok.VOCABS["default"]
+    seen, absolute_unseen = set(), set()
+    for variant in ("id", "large", "twoboxes", "complex"):
+        for r in load(new_cot_data, "sokoban", f"eval_{variant}"):
+            for state, _, solution in make_data.solution_states(sok.SokobanEnv.from_text(r["meta"]["grid"])):
+                trace = make_data.sokoban_relative_cot(state, solution, names)
+                check_relative_trace(state.render(), trace, names, solution)
+                assert numbers(trace) <= trained, (variant, trace)
+                seen.add((state.dim, state.num_boxes))
+                absolute_unseen |= numbers(make_data.sokoban_cot(state, solution, names)) - trained_absolute
+    assert seen == {((6, 6), 1), ((10, 10), 1), ((6, 6), 2), ((10, 10), 2)}
+    assert absolute_unseen  # the absolute trace fails this check: 10x10 rooms need coordinates 6x6 never shows

@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -698,7 +699,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
     rank, world, local_rank, device = setup_distributed()
     master = rank == 0
     mini = check_args(args, world)
-    torch.manual_seed(args.seed)
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
     # the data and OUT are checked before any model is loaded or OUT is touched
     check_out_dir(args.out)
     args.model = resolve_model(args.model)

@@ -713,6 +713,37 @@ def plot_report(task, rows, path):
     plt.close(fig)
 
 
+def plot_curves(sweeps, path):
+    """One panel per --sweep file: success per variant against the training step, and the mean
+    without Fake (the checkpoint rule's score) in black, the chosen step marked."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot-curves needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(len(sweeps), 1, figsize=(7, 2.6 * len(sweeps) + 0.4), squeeze=False)
+    for ax, sweep in zip(axes[:, 0], sweeps):
+        steps = [c["step"] for c in sweep["curve"]]
+        for variant in sweep["curve"][0]["results"]:
+            ax.plot(steps, [c["results"][variant]["success"] for c in sweep["curve"]], marker="o", lw=1,
+                    label=variant, ls="--" if variant == "fake" else "-")
+        ax.plot(steps, [c["average"] for c in sweep["curve"]], color="black", lw=2.5, label="mean w/o Fake")
+        best = next(c for c in sweep["curve"] if c["path"] == sweep["best"])
+        ax.axvline(best["step"], color="gray", ls=":", lw=1)
+        n = sweep.get("args", {}).get("limit")
+        ax.set_title(f"{sweep.get('label') or sweep['run']}: chosen step {best['step']}"
+                     + (f" ({n} records a variant)" if n else ""), loc="left", fontsize=10)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("success")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    common.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+
 def read_report_rows(task, paths):
     """(label, results) of every --out or --sweep file (a sweep's best checkpoint) for the --report
     table. A file of another benchmark is refused; files of the base model's skills (task 'base',
@@ -803,6 +834,9 @@ def get_parser():
     parser.add_argument("--plot", metavar="PNG",
                         help="with --report: also draw the table as a figure, ours beside the paper's (needs "
                         "matplotlib)")
+    parser.add_argument("--plot-curves", metavar="PNG",
+                        help="with --report: draw each --sweep file's curve, success per variant against the "
+                        "training step (needs matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR",
                        help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
@@ -818,8 +852,9 @@ def check_args(args):
     if args.report:
         refuse([(args.model or args.sweep or args.distill,
                  "--report reads result files only: leave out --model, --sweep and --distill")])
-        if args.plot:
-            check_out_dir(os.path.dirname(os.path.abspath(args.plot)), f"--plot {args.plot}")
+        for flag, path in (("--plot", args.plot), ("--plot-curves", args.plot_curves)):
+            if path:
+                check_out_dir(os.path.dirname(os.path.abspath(path)), f"{flag} {path}")
         return
     variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
     positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
@@ -908,10 +943,18 @@ def sweep_checkpoints(run_dir):
 def run_report(args):
     """--report FILES: one table from --out / --sweep files, no model needed; --plot draws it too."""
     rows = read_report_rows(args.task, args.report)
+    if args.plot_curves:  # refused before anything is written
+        sweeps = [json.load(open(path, encoding="utf-8")) for path in args.report]
+        sweeps = [s for s in sweeps if isinstance(s, dict) and s.get("curve")]
+        if not sweeps:
+            raise UserError("--plot-curves: none of the --report files is an --sweep file (with a curve)")
     print(format_report(args.task, rows))
     if args.plot:
         plot_report(args.task, rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.plot_curves:
+        plot_curves(sweeps, args.plot_curves)
+        print(f"wrote {args.plot_curves}", file=sys.stderr)
 
 
 def run_distill(args):

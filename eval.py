@@ -8,13 +8,10 @@
     python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 \
         --out data/sokoban/train_distilled_cot.jsonl                                   # CoT targets from a teacher
 
-Sokoban is multi-turn as in the paper: each turn the model sees only the current state (rendered
-by make_data.sokoban_prompt in the style it was trained on) and answers one action; an answer the
-environment does not accept moves nothing but uses a turn; 30 turns. `valid` is the per-episode
-share of accepted answers, averaged over episodes (an episode without one counts 0).
-
-The sampler (`sample`: prefill once, copy to the group, decode a token a step from a static cache)
-and the rewards (`reward`, `is_correct`) are this file's first sections; rl.py's rollouts use them.
+Sokoban is multi-turn as in the paper: each turn the model sees only the current state (in the
+prompt style it was trained on) and answers one action; an answer the environment does not accept
+moves nothing but uses a turn; 30 turns. `valid` is the per-episode share of accepted answers.
+The sampler (`sample`) and the rewards (`reward`, `is_correct`) come first; rl.py uses them too.
 """
 import argparse
 import contextlib
@@ -42,12 +39,10 @@ from sft import encode_prompts
 # -----------------------------------------------------------------------------
 # The KV-cache sampler
 #
-# A decode loop written here, not `model.generate`: `_prefill` runs each distinct prompt once (left
-# padding, a 4-D mask, per-row position ids) and copies its K/V to the n samples of its group; the
-# loop of `_sample_batch` then decodes one token a step for every row from a preallocated cache,
-# dropping finished rows as they accumulate. Greedy output is token for token the output of
-# `model.generate(do_sample=False)` (tests/test_eval.py). The evaluator, the distillation, rl.py's
-# rollout() and bench.py use it:
+# `_prefill` runs each distinct prompt once (left padding, a 4-D mask, per-row position ids) and
+# copies its K/V to the n samples of its group; the loop of `_sample_batch` then decodes one token a
+# step for every row from a preallocated cache, dropping finished rows. Greedy output is token for
+# token `model.generate(do_sample=False)`'s (tests/test_eval.py).
 #
 #     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
 #                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
@@ -80,11 +75,10 @@ class Samples:
 class KVCache:
     """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
 
-    Left padding aligns all rows, so every row writes its next token at the same column `length`
-    and attention reads columns [0, length), rounded up to a multiple of `multiple` (the extra
-    columns are masked): a decode loop then meets a few key lengths rather than one per token.
-    Hugging Face attention layers call `update` with the new K/V; the caller advances `length`.
-    Buffers are allocated on the first write, from the shapes the model produces.
+    Left padding aligns all rows, so every row writes its next token at the same column `length`;
+    attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra columns
+    masked), so a decode loop meets a few key lengths, not one per token. Hugging Face attention
+    layers call `update`; the caller advances `length`. Buffers are allocated on the first write.
     """
 
     def __init__(self, batch_size, max_len, multiple=1):
@@ -159,10 +153,10 @@ def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
     logits, (B, V) float32.
 
     Prompts go in chunks of at most `prefill_tokens` padded tokens. A chunk's shared prefix (P
-    tokens) runs once, as one row, and is copied to every row; then each prompt's own suffix,
-    left-padded to the chunk's length rounded up to cache.multiple, attends to it. Position ids
-    count real tokens only, so a row's keys are the ones it would get alone; a padding query
-    attends to itself only, so its (unused) states stay finite.
+    tokens) runs once, as one row, copied to every row; then each prompt's own suffix, left-padded to
+    the chunk's length (rounded up to cache.multiple), attends to it. Position ids count real tokens,
+    so a row's keys are the ones it would get alone; a padding query attends to itself only, which
+    keeps its unused states finite.
     """
     device = valid_BT.device
     lens = [len(p) for p in prompt_ids]
@@ -435,8 +429,7 @@ STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": (), "base": ("</answer>",)
 
 
 def prompt_ids(tokenizer, contents):
-    """Token ids of each user turn under the model's chat template, ready for the reply (one
-    batched tokenizer call for all of them)."""
+    """Token ids of each user turn under the model's chat template, ready for the reply."""
     return encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in contents])
 
 
@@ -658,15 +651,21 @@ def format_report(task, rows):
     return "\n".join(lines)
 
 
-def plot_report(task, rows, path):
-    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
-    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
+def _pyplot(flag):
+    """matplotlib.pyplot on a file backend, or a UserError naming what to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+        raise UserError(f"{flag} needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_report(task, rows, path):
+    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
+    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
+    plt = _pyplot("--plot")
     variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.9 * len(rows) + 0.6), sharex=True, squeeze=False)
     x = range(len(variants))
@@ -692,12 +691,7 @@ def plot_report(task, rows, path):
 def plot_curves(sweeps, path):
     """One panel per --sweep file: success per variant against the training step, and the mean
     without Fake (the checkpoint rule's score) in black, the chosen step marked."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot-curves needs matplotlib: pip install matplotlib") from None
+    plt = _pyplot("--plot-curves")
     fig, axes = plt.subplots(len(sweeps), 1, figsize=(7, 2.6 * len(sweeps) + 0.4), squeeze=False)
     for ax, sweep in zip(axes[:, 0], sweeps):
         steps = [c["step"] for c in sweep["curve"]]
@@ -780,46 +774,41 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 
 
 def get_parser():
+    cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model",
-                        help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or "
-                        "'smollm2'")
+    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a "
+                        "hub id, or 'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
-    parser.add_argument("--out", default=None,
-                        help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
-    parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
-    parser.add_argument("--limit", type=int, default=None, help="first N records of each test set, for quick runs")
+    parser.add_argument("--out", help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
+    parser.add_argument("--variants", nargs="+", help="test sets to run (default: all eight)")
+    parser.add_argument("--limit", type=int, help="first N records of each test set, for quick runs")
     group = parser.add_argument_group("decoding")
-    group.add_argument("--temperature", type=float, default=0.5,
-                       help="sampling temperature (the paper's 0.5); 0 is greedy")
+    group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--max-new-tokens", type=int, default=None,
-                       help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
+    group.add_argument("--max-new-tokens", type=int, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
     group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
-    group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
-    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    group.add_argument("--batch-rows", type=int, help="cap on rows decoded at once (GPU memory)")
+    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16" if cuda else "fp32",
                        help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
-    group.add_argument("--label", default=None,
-                       help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
+    group.add_argument("--label", help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="print one table from several --out files (no model needed)")
     parser.add_argument("--plot", metavar="PNG",
-                        help="with --report: also draw the table as a figure, ours beside the paper's (needs "
-                        "matplotlib)")
-    parser.add_argument("--plot-curves", metavar="PNG",
-                        help="with --report: draw each --sweep file's curve, success per variant against the "
-                        "training step (needs matplotlib)")
+                        help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
+    parser.add_argument("--plot-curves", metavar="PNG", help="with --report: draw each --sweep file's curve, success "
+                        "per variant against the training step (needs matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR",
                        help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
     group.add_argument("--distill-from", default="train_ans", help="which DATA/TASK/NAME.jsonl prompts to distill")
-    group.add_argument("--samples", type=int, default=16,
-                       help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
+    group.add_argument("--samples", type=int, default=16, help="distill: replies sampled per prompt (paper: 16 "
+                       "Sokoban, 3 GP)")
+    parser.set_defaults(device="cuda" if cuda else "cpu")  # not a flag: recorded in --out's args
     return parser
 
 
@@ -838,8 +827,8 @@ def check_args(args):
         (args.sweep and (args.model or args.distill),
          "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
         (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
-        (args.distill and args.task == "base",
-         "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
+        (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or "
+         "gpoints"),
         (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
         *[(value is not None and value < 1, f"{flag} must be >= 1 (got {value})") for flag, value in positive],
         (min(args.max_turns, args.samples) < 1, "--max-turns and --samples must be >= 1"),
@@ -858,22 +847,21 @@ def check_args(args):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     check_args(args)
     if args.report:
         return run_report(args)
-    if args.model:
-        args.model = resolve_model(args.model)
-    if args.distill:
-        return run_distill(args)
-    args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
-    if args.task == "base":
-        sets = {"base": read_jsonl(os.path.join(args.data, "base", "eval.jsonl"))[:args.limit]}
+    # the model's path and the reply cap resolved, in a copy that --out records as the run's args
+    cap = 1024 if args.distill else 256 if args.task == "sokoban" else 512
+    run = argparse.Namespace(**{**vars(args), "model": args.model and resolve_model(args.model),
+                                "max_new_tokens": args.max_new_tokens or cap})
+    if run.distill:
+        return run_distill(run)
+    if run.task == "base":
+        sets = {"base": read_jsonl(os.path.join(run.data, "base", "eval.jsonl"))[:run.limit]}
     else:
-        variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
-        sets = load_eval_sets(args.data, args.task, variants, args.limit)
-    return run_sweep(args, sets) if args.sweep else run_evaluation(args, sets)
+        sets = load_eval_sets(run.data, run.task, run.variants or (SOKOBAN_VARIANTS if run.task == "sokoban"
+                                                                   else GPOINTS_VARIANTS), run.limit)
+    return run_sweep(run, sets) if run.sweep else run_evaluation(run, sets)
 
 
 def run_evaluation(args, sets):
@@ -936,7 +924,6 @@ def run_report(args):
 def run_distill(args):
     """--distill: data generation, the teacher's first correct reply to each prompt of
     DATA/TASK/--distill-from.jsonl, written as SFT records."""
-    args.max_new_tokens = args.max_new_tokens or 1024
     path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
     records = read_jsonl(path)
     if not records:

@@ -4,7 +4,8 @@
     python bench.py sft                       # SFT tokens/s of the tiny model vs a Hugging Face Trainer loop
     python bench.py sft --model smollm2       # the same on SmolLM2-135M-Instruct, with FLOP/s vs a bf16 matmul
     python bench.py encode                    # dataset encoding vs apply_chat_template per record (SmolLM2)
-    python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate and vs no cache
+    python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate (SDPA) and vs no cache
+    python bench.py tricks [--model smollm2] [--dtype bf16]  # each sampler speed trick on vs off, on the study's work
     python bench.py same --rev b9bdb22        # the tiny pipeline's outputs here vs at a git revision, byte for byte
 
 The peers (gym-sokoban, the Trainer's extras) are installed only for benchmarking and are never
@@ -201,12 +202,18 @@ def _sokoban_records(out_dir, rooms=None):
     """Compact Sokoban SFT records written by make_data.py (the CPU study's data); `rooms` rooms, or
     the paper's size (4,320 records from 1,000 rooms) when None."""
     import os
-    import subprocess
     import common
-    cmd = [sys.executable, "make_data.py", "--out", out_dir, "--tasks", "sokoban", "--style", "compact"]
-    subprocess.run(cmd + (["--sok-train-rooms", str(rooms)] if rooms else []), check=True, capture_output=True,
-                   cwd=os.path.dirname(os.path.abspath(__file__)))
-    return common.read_jsonl(os.path.join(out_dir, "sokoban", "train_diverse_ans.jsonl"))
+    folder = _make_sokoban_data(out_dir, *(["--sok-train-rooms", str(rooms)] if rooms else []))
+    return common.read_jsonl(os.path.join(folder, "train_diverse_ans.jsonl"))
+
+
+def _make_sokoban_data(out_dir, *flags):
+    """Run make_data.py for compact Sokoban files (the CPU study's style) in OUT_DIR/sokoban/; returns that folder."""
+    import os
+    import subprocess
+    cmd = [sys.executable, "make_data.py", "--out", out_dir, "--tasks", "sokoban", "--style", "compact", *flags]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(out_dir, "sokoban")
 
 
 def matmul_peak(seconds=3.0, n=2048):
@@ -234,74 +241,96 @@ def training_flops_per_token(config, seq_len, supervised_share):
     return 6 * matmul_params + 12 * layers * q * seq_len + 6 * config.vocab_size * h * supervised_share
 
 
-def bench_sft(args):
+def _sft_workload(args, tmp):
+    """What `bench.py sft` trains: the tiny model on synthetic Sokoban-like chats at the tiny study's
+    batch, or a pretrained model on the CPU study's data and batch. Returns (model directory, data
+    file, chats, settings)."""
     import json
+    import os
+    import types
+    import common
+    import sft
+    if args.model == "tiny":
+        run = types.SimpleNamespace(batch=128, micro=16, dtype="bf16", lr="1e-3",
+                                    steps=max(2, int(args.seconds // 3)))  # measured steps per run, after a warm-up
+        chats = _sft_synthetic_chats(run.batch * (run.steps + 1), args.seed)
+        texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
+        model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
+    else:
+        run = types.SimpleNamespace(batch=32, micro=32, dtype="bf16", lr="1e-4", steps=max(2, int(args.seconds // 5)))
+        chats = _sokoban_records(tmp, rooms=60)[: run.batch * (run.steps + 1)]
+        model_dir = common.resolve_model(args.model)
+    data = os.path.join(tmp, "train.jsonl")
+    with open(data, "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in chats)
+    return model_dir, data, chats, run
+
+
+def _sft_run(model_dir, data, out, run, seed, extra):
+    """sft.py on the workload; returns (tokens/s, padding share) over its steps but the first."""
+    import json
+    import os
+    import sft
+    sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(run.batch),
+              "--micro-batch-size", str(run.micro), "--max-steps", str(run.steps + 1), "--dtype", run.dtype,
+              "--lr", run.lr, "--log-every", str(10**6), "--seed", str(seed)] + extra)
+    rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
+    tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
+    return tps, sum(r["padding_share"] for r in rows) / len(rows)
+
+
+def bench_sft(args):
+    """sft.py's training tokens/s against a Hugging Face Trainer on the same model, data, batch and
+    padding, and both against the CPU's bf16 matmul peak (FLOP/s)."""
     import os
     import tempfile
     import torch
     import common
     import sft
-    try:
-        import accelerate  # noqa: F401  (the Trainer needs it; benchmark only)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("accelerate") is None:  # the Trainer needs it; benchmark only
         sys.exit("bench.py sft: the Trainer peer needs accelerate: pip install accelerate (benchmark only)")
     tmp = tempfile.mkdtemp(prefix="bench_sft_")
-    data = os.path.join(tmp, "train.jsonl")
-    if args.model == "tiny":
-        batch, micro, dtype, lr = 128, 16, "bf16", "1e-3"
-        steps = max(2, int(args.seconds // 3))  # measured steps per run, after one warm-up step
-        chats = _sft_synthetic_chats(batch * (steps + 1), args.seed)
-        texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
-        model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
-    else:  # a pretrained model on the CPU study's data and batch
-        batch, micro, dtype, lr = 32, 32, "bf16", "1e-4"
-        steps = max(2, int(args.seconds // 5))
-        chats = _sokoban_records(tmp, rooms=60)[: batch * (steps + 1)]
-        model_dir = common.resolve_model(args.model)
-    with open(data, "w") as f:
-        f.writelines(json.dumps(c) + "\n" for c in chats)
-    tok = common.load_tokenizer(model_dir)
-    examples = sft.encode_chats(tok, [c["messages"] for c in chats])
+    model_dir, data, chats, run = _sft_workload(args, tmp)
+    examples = sft.encode_chats(common.load_tokenizer(model_dir), [c["messages"] for c in chats])
     config = common.load_model(model_dir, "fp32").config
     n_tokens = sum(len(i) for i, _ in examples)
     seq_len = sum(len(i) ** 2 for i, _ in examples) / n_tokens  # the length a token sees, on average
     flops_per_token = training_flops_per_token(config, seq_len, sum(sum(m) for _, m in examples) / n_tokens)
     print(f"{args.model}: {config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab "
           f"{config.vocab_size}; {len(examples)} examples of {n_tokens / len(examples):.0f} tokens on average; "
-          f"batch {batch}, micro-batch {micro}, {dtype}, {steps + 1} steps per run (the first not timed), "
-          f"{torch.get_num_threads()} threads; "
-          f"{flops_per_token / 1e6:.0f} MFLOP per trained token")
+          f"batch {run.batch}, micro-batch {run.micro}, {run.dtype}, {run.steps + 1} steps per run (the first not "
+          f"timed), {torch.get_num_threads()} threads; {flops_per_token / 1e6:.0f} MFLOP per trained token")
     # sft.py as the study runs it (--compile on a pretrained model; the tiny model's steps are too short to pay for it),
     # plain sft.py, and the Trainer; interleaved, so that load from other processes hits all alike
     variants = {"sft.py": []} if args.model == "tiny" else {"sft.py --compile": ["--compile"], "sft.py": []}
     ours, theirs, peaks = {name: [] for name in variants}, [], [matmul_peak()]
     for rnd in range(2):
         for name, extra in variants.items():
-            out = os.path.join(tmp, f"sft{rnd}{len(extra)}")
-            sft.main(["--model", model_dir, "--data", data, "--out", out, "--batch-size", str(batch),
-                      "--micro-batch-size", str(micro), "--max-steps", str(steps + 1), "--dtype", dtype, "--lr", lr,
-                      "--log-every", str(10**6), "--seed", str(args.seed)] + extra)
-            rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1:]
-            tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
-            ours[name].append((tps, sum(r["padding_share"] for r in rows) / len(rows)))
-        theirs.append(_sft_trainer_run(model_dir, examples, steps + 1, batch, micro, dtype, float(lr),
-                                       os.path.join(tmp, f"hf{rnd}")))
+            ours[name].append(_sft_run(model_dir, data, os.path.join(tmp, f"sft{rnd}{len(extra)}"), run, args.seed,
+                                       extra))
+        theirs.append(_sft_trainer_run(model_dir, examples, run.steps + 1, run.batch, run.micro, run.dtype,
+                                       float(run.lr), os.path.join(tmp, f"hf{rnd}")))
         peaks.append(matmul_peak())
         print(f"round {rnd + 1}: "
               + " | ".join(f"{name} {v[-1][0]:,.0f} tokens/s (padding {v[-1][1]:.1%})" for name, v in ours.items())
               + f" | Trainer {theirs[-1][0]:,.0f} tokens/s (padding {theirs[-1][1]:.1%}) | bf16 matmul "
               f"{peaks[-1] / 1e9:,.0f} GFLOP/s")
-    peak = max(peaks)
     best = {name: max(t for t, _ in v) for name, v in ours.items()}
     best["Trainer"] = max(t for t, _ in theirs)
+    _sft_summary(best, flops_per_token, peaks, first=next(iter(variants)))
+
+
+def _sft_summary(best, flops_per_token, peaks, first):
+    """The best tokens/s of each contender, as FLOP/s and a share of the matmul peak; the headline last."""
+    peak = max(peaks)
     for name, tps in best.items():
         print(f"{name:17s}: {tps:6,.0f} tokens/s (best of 2), {tps * flops_per_token / 1e9:5,.0f} GFLOP/s = "
               f"{tps * flops_per_token / peak:.0%} of the bf16 matmul peak")
     print(f"bf16 matmul peak: {peak / 1e9:,.0f} GFLOP/s (2048 x 2048, best of {len(peaks)} measurements in this run)")
-    best_ours, best_theirs = best[next(iter(variants))], best["Trainer"]
-    if len(variants) > 1:
-        print(f"plain sft.py vs Trainer: {best['sft.py'] / best_theirs:.2f}x")
-    print(f"sft vs Trainer: {best_ours / best_theirs:.2f}x")
+    if len(best) > 2:
+        print(f"plain sft.py vs Trainer: {best['sft.py'] / best['Trainer']:.2f}x")
+    print(f"sft vs Trainer: {best[first] / best['Trainer']:.2f}x")
 
 
 def bench_encode(args):
@@ -410,14 +439,24 @@ def _no_cache(model, prompts, max_new_tokens, eos_ids, pad_id, temperature):
     return _cut_at_eos(torch.stack(new, dim=1).tolist(), eos_ids)
 
 
-def _sampler_setup_tiny(seed):
+def _sampler_model(model_dir, dtype):
+    """The model on the CPU with SDPA attention: the best `generate` can use, and what the sampler
+    decodes with (it swaps an eager model to SDPA for the call anyway)."""
+    import common
+    model = common.load_model(model_dir, dtype, "cpu").eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def _sampler_setup_tiny(seed, dtype):
     """sft.py's tiny model on 400 random-token prompts of 60-200 tokens, 64 random EOS ids, 1 thread."""
     import random
     import tempfile
 
     import torch
 
-    from sft import build_tiny_model, load_model, load_tokenizer
+    from common import load_tokenizer
+    from sft import build_tiny_model
     n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
     torch.set_num_threads(1)
     rng = random.Random(seed)
@@ -427,34 +466,69 @@ def _sampler_setup_tiny(seed):
     texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(600)]
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_model(tmp + "/tiny", texts)
-        model, tok = load_model(tmp + "/tiny", "fp32", "cpu").eval(), load_tokenizer(tmp + "/tiny")
+        model, tok = _sampler_model(tmp + "/tiny", dtype), load_tokenizer(tmp + "/tiny")
     vocab = len(tok)
     prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n_prompts)]
     eos_ids = rng.sample(range(3, vocab), n_eos)
-    what = f"tiny Qwen2, fp32, CPU, 1 thread; {n_prompts} prompts of {min_len}-{max_len} tokens"
+    what = f"tiny Qwen2, {dtype}, SDPA, CPU, 1 thread; {n_prompts} prompts of {min_len}-{max_len} tokens"
     return model, tok, prompts, eos_ids, what, (n_prompts, max_new_tokens, rounds, subset)
 
 
-def _sampler_setup_chat_model(name, seed):
+def _sampler_setup_chat_model(name, seed, dtype):
     """A real chat model (`--model`) on 48 of the study's Sokoban prompts, its end-of-turn tokens as EOS."""
     import random
     import tempfile
 
     import torch
 
-    from sft import encode_prompts, end_of_turn_ids, load_model, load_tokenizer, resolve_model
+    from common import load_tokenizer, resolve_model
+    from sft import encode_prompts, end_of_turn_ids
     n_prompts, max_new_tokens, rounds, subset = 48, 48, 2, 8
     rng = random.Random(seed)
     model_dir = resolve_model(name)
-    model, tok = load_model(model_dir, "fp32", "cpu").eval(), load_tokenizer(model_dir)
+    model, tok = _sampler_model(model_dir, dtype), load_tokenizer(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         records = rng.sample(_sokoban_records(tmp, rooms=60), n_prompts)
     prompts = encode_prompts(tok, [r["messages"][:1] for r in records])
     eos_ids = sorted(end_of_turn_ids(tok))
     lengths = sorted(map(len, prompts))
-    what = (f"{name} ({model.config.model_type}), fp32, CPU, {torch.get_num_threads()} threads; "
+    what = (f"{name} ({model.config.model_type}), {dtype}, SDPA, CPU, {torch.get_num_threads()} threads; "
             f"{n_prompts} Sokoban prompts of {lengths[0]}-{lengths[-1]} tokens")
     return model, tok, prompts, eos_ids, what, (n_prompts, max_new_tokens, rounds, subset)
+
+
+def _sampler_runs(model, prompts, eos_ids, pad_id, max_new_tokens, seed, subset, groups):
+    """name -> a call that decodes at temperature 1 and returns the new ids of every row: the sampler
+    and `generate` on every prompt, the sampler and no-cache decoding on 1/subset of them, and with
+    `groups` > 1 both in rl.py's shape (prompts x groups samples, a prompt prefilled once by the sampler)."""
+    from eval import sample
+
+    def ours(ps, n=1):
+        return sample(model, ps, n=n, temperature=1.0, max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=seed).ids
+
+    few = prompts[::subset]
+    runs = {
+        "sampler": lambda: ours(prompts),
+        "generate": lambda: _generate(model, prompts, max_new_tokens, eos_ids, pad_id, 1.0),
+        "sampler, subset": lambda: ours(few),
+        "no cache, subset": lambda: _no_cache(model, few, max_new_tokens, eos_ids, pad_id, 1.0),
+    }
+    if groups > 1:
+        grouped = prompts[:len(prompts) // groups]
+        runs["sampler, groups"] = lambda: ours(grouped, groups)
+        runs["generate, groups"] = lambda: _generate(model, grouped, max_new_tokens, eos_ids, pad_id, 1.0, groups)
+    return runs
+
+
+def _tokens_per_s(name, run, label, outputs):
+    """Time run(), keep its rows in outputs[name], print and return its tokens/s."""
+    import time
+    t0 = time.perf_counter()
+    outputs[name] = run()
+    seconds = time.perf_counter() - t0
+    n_tokens = sum(map(len, outputs[name]))
+    print(f"{label:8s} {name:18s} {n_tokens:6d} tokens in {seconds:6.2f}s  {n_tokens / seconds:7.0f} tokens/s")
+    return n_tokens / seconds
 
 
 def bench_sampler(args):
@@ -464,55 +538,30 @@ def bench_sampler(args):
     outputs must be identical. Runs are interleaved and repeated, on one thread: this machine's 2
     cores are shared, and timings are far steadier that way."""
     import statistics
-    import time
 
     from eval import sample
 
+    dtype = args.dtype or "fp32"
     if args.model == "tiny":
-        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_tiny(args.seed)
+        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_tiny(args.seed, dtype)
     else:  # a real chat model on the study's prompts, its own end-of-turn tokens as EOS
-        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_chat_model(args.model, args.seed)
+        model, tok, prompts, eos_ids, what, sizes = _sampler_setup_chat_model(args.model, args.seed, dtype)
     n_prompts, max_new_tokens, rounds, subset = sizes
-    n_params = sum(p.numel() for p in model.parameters())
-    pad_id = tok.pad_token_id
-    temperature = 1.0
-    few = prompts[::subset]
-    print(f"{what} ({n_params / 1e6:.2f}M params), temperature {temperature}, max_new_tokens {max_new_tokens}, "
-          f"{len(eos_ids)} EOS ids")
-
-    def ours(ps, temp, n=1):
-        return sample(model, ps, n=n, temperature=temp, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                      seed=args.seed).ids
-
-    runs = {
-        "sampler": lambda: ours(prompts, temperature),
-        "generate": lambda: _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature),
-        "sampler, subset": lambda: ours(few, temperature),
-        "no cache, subset": lambda: _no_cache(model, few, max_new_tokens, eos_ids, pad_id, temperature),
-    }
-    group = 8  # rl.py's rollouts: a group of samples per prompt, the prompt prefilled once by the sampler
-    if args.model != "tiny":
-        runs["sampler, groups"] = lambda: ours(prompts[:n_prompts // group], temperature, group)
-        runs["generate, groups"] = lambda: _generate(model, prompts[:n_prompts // group], max_new_tokens, eos_ids,
-                                                     pad_id, temperature, group)
+    group = 1 if args.model == "tiny" else 8  # rl.py's rollouts: a group of samples per prompt
+    print(f"{what} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), temperature 1.0, "
+          f"max_new_tokens {max_new_tokens}, {len(eos_ids)} EOS ids")
+    runs = _sampler_runs(model, prompts, eos_ids, tok.pad_token_id, max_new_tokens, args.seed, subset, group)
     rates, outputs = {name: [] for name in runs}, {}
-
-    def timed(name, run, label):
-        t0 = time.perf_counter()
-        outputs[name] = run()
-        seconds = time.perf_counter() - t0
-        n_tokens = sum(map(len, outputs[name]))
-        print(f"{label:8s} {name:18s} {n_tokens:6d} tokens in {seconds:6.2f}s  {n_tokens / seconds:7.0f} tokens/s")
-        return n_tokens / seconds
-
     for r in range(rounds):
         for name, run in runs.items():
-            rates[name].append(timed(name, run, f"round {r + 1}"))
+            rates[name].append(_tokens_per_s(name, run, f"round {r + 1}", outputs))
     lengths = sorted(map(len, outputs["sampler"]))
     print(f"reply lengths (sampler): min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
           f"{sum(n < max_new_tokens for n in lengths)}/{len(lengths)} rows stopped at an EOS")
-    greedy_a = timed("sampler", lambda: ours(prompts, 0.0), "greedy")
-    greedy_b = timed("generate", lambda: _generate(model, prompts, max_new_tokens, eos_ids, pad_id, 0.0), "greedy")
+    greedy_a = _tokens_per_s("sampler", lambda: sample(model, prompts, temperature=0.0, max_new_tokens=max_new_tokens,
+                                                       eos_ids=eos_ids, seed=args.seed).ids, "greedy", outputs)
+    greedy_b = _tokens_per_s("generate", lambda: _generate(model, prompts, max_new_tokens, eos_ids, tok.pad_token_id,
+                                                           0.0), "greedy", outputs)
     same = sum(a == b for a, b in zip(outputs["sampler"], outputs["generate"]))
     print(f"greedy: sampler vs generate {greedy_a / greedy_b:.2f}x, outputs identical in {same}/{n_prompts} rows")
     median = {name: statistics.median(v) for name, v in rates.items()}
@@ -524,6 +573,139 @@ def bench_sampler(args):
         print(f"groups of {group} samples per prompt ({n_prompts // group} prompts, as rl.py samples): "
               f"sampler vs generate {median['sampler, groups'] / median['generate, groups']:.2f}x")
     print(f"sampler vs generate: {median['sampler'] / median['generate']:.2f}x")
+
+
+# -----------------------------------------------------------------------------
+# tricks: each of the sampler's speed tricks against the same sampler without it, on the study's work
+
+TRICK_SWITCHES = {  # name -> how to switch it off: sample() keywords, or a key of eval.TRICKS
+    "shared prefix": "shared_prefix",  # a chunk's common prompt prefix prefilled once, then copied
+    "chunked prefill": dict(prefill_tokens=10 ** 12),  # off: every batch's prompts in one prefill forward
+    "inverse-CDF draws": "inverse_cdf",  # off: torch.multinomial
+    "SDPA swap": "sdpa",  # off: an eager-attention model decodes with eager attention
+    "pad to a multiple": dict(pad_multiple=1),  # off: prompts and attended cache padded to nothing
+}
+
+
+def _tricks_workloads(args):
+    """The model and the two pieces of the study's work that the sampler does, on make_data.py's
+    compact Sokoban prompts: an evaluation turn (the first turn of every test set, one reply each at
+    temperature 0.5, stopped at </answer>) and a GRPO rollout (RL prompts x 8 samples at temperature 1,
+    log-probs kept, the fp32 model under autocast as rl.py runs it). Returns (model's description,
+    {workload: (model, prompt ids, sample() keywords, autocast dtype)})."""
+    import os
+    import random
+    import tempfile
+
+    import torch
+
+    import common
+    import eval as evaluation
+    import sft
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
+    tiny = args.model == "tiny"
+    rooms, rl_prompts, max_new_tokens = (6, 8, 48) if tiny else (16, 16, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _make_sokoban_data(tmp, "--scale", "small", "--sok-eval-rooms", str(rooms))
+        evals = [r for v in evaluation.SOKOBAN_VARIANTS for r in common.read_jsonl(f"{folder}/eval_{v}.jsonl")]
+        rl = common.read_jsonl(f"{folder}/rl.jsonl")[:rl_prompts]
+        if tiny:  # sft.py's tiny model, its tokenizer trained on this text, on one thread (steadier timings)
+            torch.set_num_threads(1)
+            texts = [m["content"] for r in common.read_jsonl(f"{folder}/train_cot.jsonl") + evals for m in r["messages"]]
+            model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)
+        else:
+            model_dir = common.resolve_model(args.model)
+        model, tok = common.load_model(model_dir, dtype, device), common.load_tokenizer(model_dir)
+        policy = model if dtype == "fp32" else common.load_model(model_dir, "fp32", device)
+    # a random model seldom says its EOS: a set of EOS ids ends its rows at mixed steps, as a trained one's
+    eos_ids = random.Random(args.seed).sample(range(3, len(tok)), 16) if tiny else None
+    common_kw = dict(max_new_tokens=max_new_tokens, tokenizer=tok, eos_ids=eos_ids, seed=args.seed)
+    works = {
+        "eval turn": (model, evaluation.prompt_ids(tok, [r["messages"][0]["content"] for r in evals]),
+                      dict(common_kw, n=1, temperature=0.5, stop_strings=evaluation.STOP_STRINGS["sokoban"]), None),
+        "rollout": (policy, evaluation.prompt_ids(tok, [r["messages"][0]["content"] for r in rl]),
+                    dict(common_kw, n=8, temperature=1.0, return_logprobs=True), dtype),
+    }
+    what = (f"{args.model} ({model.config.model_type}, {model.config._attn_implementation} attention as loaded), "
+            f"{dtype}, {device}, {torch.get_num_threads()} threads; eval turn: {len(evals)} Sokoban prompts x 1 at "
+            f"T=0.5; rollout: {len(rl)} RL prompts x 8 at T=1 (fp32{'' if dtype == 'fp32' else f' under {dtype} autocast'}); "
+            f"up to "
+            f"{max_new_tokens} new tokens")
+    return what, works
+
+
+def _trick_run(work, off):
+    """One sample() call of a workload with the trick `off` switched off (None: every trick on).
+    Returns (seconds, tokens, growth of the peak RSS in MB, peak GPU memory in GB or None)."""
+    import resource
+    import time
+
+    import torch
+
+    import common
+    import eval as evaluation
+    model, prompts, kwargs, autocast = work
+    switch = TRICK_SWITCHES.get(off)
+    saved = dict(evaluation.TRICKS)
+    if isinstance(switch, str):
+        evaluation.TRICKS[switch] = False
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    try:
+        with common.autocast_ctx(device, autocast or "fp32"):
+            out = evaluation.sample(model, prompts, **kwargs, **(switch if isinstance(switch, dict) else {}))
+        if cuda:
+            torch.cuda.synchronize()
+    finally:
+        evaluation.TRICKS.update(saved)
+    seconds = time.perf_counter() - t0
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024  # ru_maxrss is in KB on Linux
+    return seconds, sum(map(len, out.ids)), grown, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+
+
+def bench_tricks(args):
+    """Each speed trick of the sampler on and off, everything else equal (same prompts, seeds and
+    model), on an evaluation turn and a GRPO rollout. Both workloads run once first (warm-up); then
+    on and off alternate, `rounds` times, which goes first swapping each round. Reports the best
+    seconds of each, the ratio off/on (above 1: the trick pays), the tokens decoded (draws differ
+    without inverse-CDF, so lengths may too) and how far each setting raised the process's peak RSS."""
+    what, works = _tricks_workloads(args)
+    print(what)
+    for work in works.values():
+        _trick_run(work, None)
+    rounds, results = 2, {}  # (trick, workload, "on" / "off") -> [(seconds, tokens, MB, GB)]
+    for r in range(rounds):
+        for i, trick in enumerate(TRICK_SWITCHES):
+            for name, work in works.items():
+                if trick == "SDPA swap" and work[0].config._attn_implementation != "eager":
+                    continue  # loaded with SDPA already (on a GPU): there is nothing to swap
+                for setting in ("on", "off") if (r + i) % 2 == 0 else ("off", "on"):
+                    results.setdefault((trick, name, setting), []).append(
+                        _trick_run(work, trick if setting == "off" else None))
+    print(f"{'trick':18s} {'work':10s} {'on s':>7s} {'off s':>7s} {'off/on':>7s} {'tokens on/off':>15s} "
+          f"{'RSS +MB on/off':>15s}" + (f" {'GPU GB on/off':>14s}" if works["eval turn"][0].device.type == "cuda" else ""))
+    headline = []
+    for trick in TRICK_SWITCHES:
+        cells = []
+        for name in works:
+            if (trick, name, "on") not in results:
+                cells.append(f"{name} n/a")
+                continue
+            on, off = results[(trick, name, "on")], results[(trick, name, "off")]
+            best_on, best_off = min(s for s, *_ in on), min(s for s, *_ in off)
+            gpu = f" {max(g for *_, g in on):6.2f}/{max(g for *_, g in off):<7.2f}" if on[0][3] is not None else ""
+            print(f"{trick:18s} {name:10s} {best_on:7.2f} {best_off:7.2f} {best_off / best_on:6.2f}x "
+                  f"{on[0][1]:>7d}/{off[0][1]:<7d} {sum(m for *_, m, _ in on):7.0f}/{sum(m for *_, m, _ in off):<7.0f}"
+                  + gpu)
+            cells.append(f"{name} {best_off / best_on:.2f}x")
+        headline.append(f"{trick} {', '.join(cells)}")
+    print("tricks, seconds off/on: " + "; ".join(headline))
 
 
 # -----------------------------------------------------------------------------
@@ -597,14 +779,18 @@ def bench_same(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler", "same"], help="which benchmark to run")
+    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler", "tricks", "same"],
+                        help="which benchmark to run")
     parser.add_argument("--rev", default="HEAD", help="same: the git revision to compare the working tree with")
     parser.add_argument("--model", default=None,
-                        help="sft / sampler: 'tiny' (default), 'smollm2' or a model directory; "
+                        help="sft / sampler / tricks: 'tiny' (default), 'smollm2' or a model directory; "
                         "encode: the tokenizer's model (default smollm2)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                        help="sampler / tricks: the weights' dtype (default fp32 on a CPU, tricks: bf16 on CUDA)")
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")
-    benches = {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler, "same": bench_same}
+    benches = {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler,
+               "tricks": bench_tricks, "same": bench_same}
     sys.exit(benches[args.which](args) or 0)

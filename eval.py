@@ -8,15 +8,14 @@
     python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 \
         --out data/sokoban/train_distilled_cot.jsonl                                   # CoT targets from a teacher
 
-Sokoban is multi-turn as in the paper: each turn the model sees only the current state (rendered
-by make_data.sokoban_prompt in the style it was trained on) and answers one action; an answer the
-environment does not accept moves nothing but uses a turn; 30 turns. `valid` is the per-episode
-share of accepted answers, averaged over episodes (an episode without one counts 0).
-
-The sampler (`sample`: prefill once, copy to the group, decode a token a step from a static cache)
-and the rewards (`reward`, `is_correct`) are this file's first sections; rl.py's rollouts use them.
+Sokoban is multi-turn as in the paper: each turn the model sees only the current state (in the
+prompt style it was trained on) and answers one action; an answer the environment does not accept
+moves nothing but uses a turn; 30 turns. `valid` is the per-episode share of accepted answers.
+The sampler (`sample`) and the rewards (`reward`, `is_correct`) come first; rl.py uses them too.
 """
 import argparse
+import contextlib
+import functools
 import inspect
 import json
 import math
@@ -40,22 +39,25 @@ from sft import encode_prompts
 # -----------------------------------------------------------------------------
 # The KV-cache sampler
 #
-# A decode loop written here, not `model.generate`: each distinct prompt is prefilled once (left
-# padding, an attention mask and per-row position ids), its K/V are copied to the n samples of its
-# group, then every row decodes one token a step from a preallocated cache (_decode_step, in the
-# loop of _sample_batch); finished rows are dropped from the batch as they accumulate. Greedy output
-# is token-for-token the output of `model.generate(do_sample=False)` (tests/test_eval.py). The evaluator
-# and distillation below, rl.py's rollout() and bench.py use it:
+# `_prefill` runs each distinct prompt once (left padding, a 4-D mask, per-row position ids) and
+# copies its K/V to the n samples of its group; the loop of `_sample_batch` then decodes one token a
+# step for every row from a preallocated cache, dropping finished rows. Greedy output is token for
+# token `model.generate(do_sample=False)`'s (tests/test_eval.py).
 #
-#     from eval import sample
 #     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
 #                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
 #     out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
 #
-#     python bench.py sampler     # tokens/s vs model.generate and vs decoding without a cache
-#
 # Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
 # and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
+# `python bench.py tricks` times each speed trick against the same sampler without it: the three
+# switches below, chunked prefill (`sample`'s prefill_tokens) and padding (its pad_multiple).
+
+TRICKS = dict(
+    shared_prefix=True,  # a chunk's common prompt prefix (system turn, instructions) runs once, then is copied
+    inverse_cdf=True,  # one uniform draw a row, where torch.multinomial on CPU draws one per vocabulary entry
+    sdpa=True,  # an eager-attention model decodes with SDPA: no copy of K/V per query head (eager's repeat_kv)
+)
 
 
 @dataclass
@@ -73,12 +75,10 @@ class Samples:
 class KVCache:
     """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
 
-    Left padding aligns all rows, so every row writes its next token at the same column `length`
-    and attention reads columns [0, length); padding is hidden by the attention mask. Hugging Face
-    attention layers call `update` with the new K/V; the decode loop advances `length`.
-    Buffers are allocated on the first write, from the shapes the model produces. With `multiple` > 1
-    attention reads [0, length) rounded up to a multiple of it (the extra columns are masked), so a
-    decode loop meets a few key lengths rather than one per token (see `sample`'s `pad_multiple`).
+    Left padding aligns all rows, so every row writes its next token at the same column `length`;
+    attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra columns
+    masked), so a decode loop meets a few key lengths, not one per token. Hugging Face attention
+    layers call `update`; the caller advances `length`. Buffers are allocated on the first write.
     """
 
     def __init__(self, batch_size, max_len, multiple=1):
@@ -89,11 +89,10 @@ class KVCache:
     def _alloc(self, layer_idx, like_BHTD):
         while len(self.k_BHTD) <= layer_idx:
             _, H, _, D = like_BHTD.shape
-            shape = (self.batch_size, H, self.max_len, D)
             # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
             # memory can hold inf/NaN (0 * inf = NaN)
-            self.k_BHTD.append(like_BHTD.new_zeros(shape))
-            self.v_BHTD.append(like_BHTD.new_zeros(shape))
+            self.k_BHTD.append(like_BHTD.new_zeros((self.batch_size, H, self.max_len, D)))
+            self.v_BHTD.append(like_BHTD.new_zeros((self.batch_size, H, self.max_len, D)))
 
     def update(self, k_BHTD, v_BHTD, layer_idx, *args, **kwargs):
         self._alloc(layer_idx, k_BHTD)
@@ -119,21 +118,136 @@ class KVCache:
         self.batch_size = len(rows_R)
 
 
-def _cache_kwarg(model):
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(model_class):
     # transformers 5.x renamed `past_key_values` to `cache`; accept both spellings
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def _attention_mask(allowed_B1QK, model, dtype):
-    """A 4-D mask the model uses as is: boolean for SDPA, additive (0 / -big) for eager attention."""
-    impl = getattr(model.config, "_attn_implementation", "eager")
-    if impl == "sdpa":
-        return allowed_B1QK
-    if impl == "eager":
-        return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
-            ~allowed_B1QK, torch.finfo(dtype).min)
-    raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with "
-                     "attn_implementation='sdpa'")
+def _forward(model, ids_BT, allowed_BQK, pos_BT, cache, **kwargs):
+    """The model on ids_BT at positions pos_BT, reading and writing `cache`. allowed_BQK says which
+    key columns each query sees: passed as is to SDPA, as an additive 0 / -big mask to eager attention."""
+    mask_B1QK = allowed_BQK[:, None]
+    if getattr(model.config, "_attn_implementation", "eager") == "eager":
+        dtype = next(model.parameters()).dtype
+        mask_B1QK = torch.zeros(mask_B1QK.shape, dtype=dtype, device=mask_B1QK.device).masked_fill_(
+            ~mask_B1QK, torch.finfo(dtype).min)
+    return model(input_ids=ids_BT, attention_mask=mask_B1QK, position_ids=pos_BT, use_cache=True,
+                 **{_cache_kwarg(type(model)): cache}, **kwargs)
+
+
+def shared_prefix_len(prompt_ids):
+    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
+    instructions), kept one short of the shortest prompt so every row has a token of its own."""
+    if len(prompt_ids) < 2:
+        return 0
+    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
+    for other in prompt_ids[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
+    """Prefill: each prompt's K/V go to its n rows of `cache`, right-aligned to end at column
+    cache.length - 1, and its real tokens are marked in valid_BT. Returns every row's next-token
+    logits, (B, V) float32.
+
+    Prompts go in chunks of at most `prefill_tokens` padded tokens. A chunk's shared prefix (P
+    tokens) runs once, as one row, copied to every row; then each prompt's own suffix, left-padded to
+    the chunk's length (rounded up to cache.multiple), attends to it. Position ids count real tokens,
+    so a row's keys are the ones it would get alone; a padding query attends to itself only, which
+    keeps its unused states finite.
+    """
+    device = valid_BT.device
+    lens = [len(p) for p in prompt_ids]
+    first_logits, start = [], 0
+    while start < len(prompt_ids):
+        stop = start + 1  # the chunk is prompts [start, stop)
+        while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
+            stop += 1
+        chunk, b = prompt_ids[start:stop], stop - start
+        P = shared_prefix_len(chunk) if TRICKS["shared_prefix"] else 0
+        T = sft.pad_length(max(lens[start:stop]), cache.multiple)  # the chunk's columns: P shared, S = T - P own
+        S = T - P
+        chunk_cache = KVCache(b, T)
+        if P > 0:
+            prefix_cache = KVCache(1, P)
+            _forward(model, torch.tensor([chunk[0][:P]], device=device),
+                     torch.ones(P, P, dtype=torch.bool, device=device).tril()[None],
+                     torch.arange(P, device=device)[None], prefix_cache, logits_to_keep=1)
+            chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
+            chunk_cache.length = P
+        ids_bS = torch.tensor([[0] * (T - len(p)) + p[P:] for p in chunk], device=device)
+        pad_b1 = torch.tensor([T - len(p) for p in chunk], device=device)[:, None]
+        real_bS = torch.arange(S, device=device)[None, :] >= pad_b1
+        pos_bS = P + (real_bS.long().cumsum(-1) - 1).clamp(min=0)
+        own_bSS = ((torch.ones(S, S, dtype=torch.bool, device=device).tril() & real_bS[:, None, :])
+                   | torch.eye(S, dtype=torch.bool, device=device))
+        allowed_bSK = torch.cat([real_bS[:, :, None].expand(b, S, P), own_bSS], dim=-1)  # real queries see the prefix
+        out = _forward(model, ids_bS, allowed_bSK, pos_bS, chunk_cache, logits_to_keep=1)
+        rows, cols = slice(start * n, stop * n), slice(cache.length - T, cache.length)
+        cache.insert(chunk_cache, rows, cols, n)
+        valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bS], dim=-1)
+        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
+        first_logits.append(out.logits[:, -1].float().repeat_interleave(n, dim=0))
+        start = stop
+    return torch.cat(first_logits)
+
+
+@torch.no_grad()
+def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_ids, stopper, generator,
+                  prefill_tokens, drop_fraction, multiple):
+    """Decode n samples of each prompt in one batch: the prefill, then the decode loop, one token a
+    step for every row still in the batch. Returns (ids, logprobs, reasons) per row."""
+    device = next(model.parameters()).device
+    lens = [len(p) for p in prompt_ids]
+    B = len(prompt_ids) * n
+    T0 = sft.pad_length(max(lens), multiple)  # every prompt ends at column T0 - 1; new tokens follow in lockstep
+    cache = KVCache(B, T0 + max_new_tokens, multiple)
+    cache.length = T0
+    valid_BT = torch.zeros(B, cache.max_len, dtype=torch.bool, device=device)  # real tokens, per row
+    logits_BV = _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens)
+
+    pos_B = torch.tensor(lens, device=device).repeat_interleave(n)
+    rows = list(range(B))  # batch row -> sample index (host copy of row_B)
+    row_B = torch.arange(B, device=device)
+    alive_B = torch.ones(B, dtype=torch.bool, device=device)  # finished rows linger until dropped
+    out_BN = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    logp_BN = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
+    eos_E = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    n_gen, reasons = [max_new_tokens] * B, ["length"] * B
+    for step in range(max_new_tokens):
+        token_B, logp_B = sample_tokens(logits_BV, temperature, top_p, generator)
+        out_BN[row_B, step] = token_B
+        logp_BN[row_B, step] = logp_B
+        ended_B = torch.isin(token_B, eos_E) & alive_B
+        alive_B &= ~ended_B
+        for r in ended_B.nonzero().squeeze(-1).tolist():
+            n_gen[rows[r]], reasons[rows[r]] = step + 1, "eos"
+        for r in stopper.hits(token_B, out_BN, rows, step + 1) if stopper is not None else []:
+            if reasons[rows[r]] == "length":
+                n_gen[rows[r]], reasons[rows[r]] = step + 1, "stop"
+                alive_B[r] = False
+        n_alive = int(alive_B.sum())
+        if n_alive == 0 or step == max_new_tokens - 1:
+            break
+        n_dead = len(rows) - n_alive
+        if n_dead > 0 and n_dead >= drop_fraction * len(rows):
+            keep_R = alive_B.nonzero().squeeze(-1)
+            cache.keep(keep_R)
+            valid_BT, pos_B, row_B, token_B, alive_B = (x[keep_R] for x in (valid_BT, pos_B, row_B, token_B, alive_B))
+            rows = row_B.tolist()
+        # the decode step: every row's newest token attends to its cached columns and to itself
+        valid_BT[:, cache.length] = True
+        K = sft.pad_length(cache.length + 1, multiple)  # the key columns the cache hands to attention
+        # contiguous: SDPA on CPU takes a slower path with a strided mask
+        out = _forward(model, token_B[:, None], valid_BT[:, None, :K].contiguous(), pos_B[:, None], cache)
+        logits_BV = out.logits[:, -1]
+        cache.length += 1
+        pos_B += 1
+
+    out_BN, logp_BN = out_BN.cpu(), logp_BN.cpu()
+    return [out_BN[i, :n_gen[i]].tolist() for i in range(B)], [logp_BN[i, :n_gen[i]].clone() for i in range(B)], reasons
 
 
 def sample_tokens(logits_BV, temperature, top_p, generator):
@@ -144,28 +258,24 @@ def sample_tokens(logits_BV, temperature, top_p, generator):
     if temperature == 0:
         logp_BV = F.log_softmax(logits_BV, dim=-1)
         token_B = logits_BV.argmax(dim=-1)
+        return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
+    logp_BV = F.log_softmax(logits_BV / temperature, dim=-1)
+    probs_BV = logp_BV.exp()
+    if top_p < 1.0:
+        sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+        # keep the smallest top set whose mass reaches top_p (always the most likely token)
+        drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
+        probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
+    if TRICKS["inverse_cdf"]:  # the first token whose cumulative mass exceeds a uniform draw
+        cdf_BV = probs_BV.cumsum(dim=-1)
+        total_B1 = cdf_BV[:, -1:]
+        u_B1 = torch.rand(total_B1.shape, generator=generator, device=probs_BV.device) * total_B1
+        # strictly below the total, so the draw lands on a token with mass even if u * total rounds up
+        u_B1 = torch.minimum(u_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
+        token_B = torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(-1)
     else:
-        logp_BV = F.log_softmax(logits_BV / temperature, dim=-1)
-        probs_BV = logp_BV.exp()
-        if top_p < 1.0:
-            sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-            # keep the smallest top set whose mass reaches top_p (always the most likely token)
-            drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
-            probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
-        token_B = _inverse_cdf(probs_BV, generator)
+        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
     return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
-
-
-def _inverse_cdf(probs_BV, generator):
-    """One draw per row from unnormalised probabilities: the first token whose cumulative mass
-    exceeds a uniform draw. Needs one random number a row, where torch.multinomial on CPU draws one
-    per vocabulary entry (49k for SmolLM2: 54 ms a decode step at batch 80, 13-15 % of the sampler's time)."""
-    cdf_BV = probs_BV.cumsum(dim=-1)
-    total_B1 = cdf_BV[:, -1:]
-    u_B1 = torch.rand(total_B1.shape, generator=generator, device=probs_BV.device) * total_B1
-    # strictly below the total, so the draw lands on a token with mass even if u * total rounds up
-    u_B1 = torch.minimum(u_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
-    return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(-1)
 
 
 class _StopStrings:
@@ -211,150 +321,25 @@ def _default_eos_ids(model, tokenizer):
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def shared_prefix_len(prompt_ids):
-    """Tokens at the start of every prompt (the chat template's system turn and the task's fixed
-    instructions), kept one short of the shortest prompt so every row has a token of its own."""
-    if len(prompt_ids) < 2:
-        return 0
-    first, n = prompt_ids[0], min(map(len, prompt_ids)) - 1
-    for other in prompt_ids[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return n
-
-
-def _prefill_chunk(model, prompt_ids, cache_kw, dtype, device, multiple=1):
-    """Run a chunk of prompts; returns its KVCache, its (b, T) mask of real columns and the
-    next-token logits (b, V) in float32.
-
-    Columns: the shared prefix (P tokens, computed once for the whole chunk and copied into every
-    row), then each prompt's own suffix, left-padded to the longest suffix and further, so that the
-    chunk's length is a multiple of `multiple` (fewer distinct shapes, see `sample`). Position ids
-    count real tokens only, so a row's keys are the ones it would get alone; attention ignores
-    padding, and a padding query attends to itself only, so its (unused) states stay finite.
-    """
-    P = shared_prefix_len(prompt_ids)
-    suffixes = [p[P:] for p in prompt_ids]
-    b, Ts = len(prompt_ids), sft.pad_length(P + max(map(len, suffixes)), multiple) - P
-    chunk_cache = KVCache(b, P + Ts)
-    if P > 0:
-        prefix_cache = KVCache(1, P)
-        allowed_11PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None, None]
-        model(input_ids=torch.tensor([prompt_ids[0][:P]], device=device),
-              attention_mask=_attention_mask(allowed_11PP, model, dtype),
-              position_ids=torch.arange(P, device=device)[None], use_cache=True, logits_to_keep=1,
-              **{cache_kw: prefix_cache})
-        chunk_cache.insert(prefix_cache, slice(0, b), slice(0, P), b)
-        chunk_cache.length = P
-    ids_bT = torch.tensor([[0] * (Ts - len(s)) + list(s) for s in suffixes], device=device)
-    real_bT = torch.arange(Ts, device=device)[None, :] >= torch.tensor([Ts - len(s) for s in suffixes],
-                                                                      device=device)[:, None]
-    pos_bT = P + (real_bT.long().cumsum(-1) - 1).clamp(min=0)
-    causal_TT = torch.ones(Ts, Ts, dtype=torch.bool, device=device).tril()
-    own_bTT = (causal_TT & real_bT[:, None, :]) | torch.eye(Ts, dtype=torch.bool, device=device)
-    prefix_bTP = real_bT[:, :, None].expand(b, Ts, P)  # real queries see the whole shared prefix
-    allowed_b1TK = torch.cat([prefix_bTP, own_bTT], dim=-1)[:, None]
-    out = model(input_ids=ids_bT, attention_mask=_attention_mask(allowed_b1TK, model, dtype), position_ids=pos_bT,
-                use_cache=True, logits_to_keep=1, **{cache_kw: chunk_cache})
-    valid_bT = torch.cat([torch.ones(b, P, dtype=torch.bool, device=device), real_bT], dim=-1)
-    return chunk_cache, valid_bT, out.logits[:, -1].float()
-
-
-def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens, multiple=1):
-    """Prefill: chunks of prompts, each right-aligned at column T0 (the longest prompt's length,
-    rounded up to `multiple`) and its shared prefix run once (_prefill_chunk); each prompt's K/V go
-    to its n rows of `cache` and its real tokens are marked in valid_BT. Returns the logits of every
-    row's first new token, (B, V)."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cache_kw = _cache_kwarg(model)
-    lens = [len(p) for p in prompt_ids]
-    T0 = sft.pad_length(max(lens), multiple)
-    first_logits = []
-    start = 0
-    while start < len(prompt_ids):
-        stop = start + 1
-        while stop < len(prompt_ids) and (stop + 1 - start) * max(lens[start:stop + 1]) <= prefill_tokens:
-            stop += 1
-        chunk_cache, valid_bT, logits_bV = _prefill_chunk(model, prompt_ids[start:stop], cache_kw, dtype, device,
-                                                          multiple)
-        rows, cols = slice(start * n, stop * n), slice(T0 - chunk_cache.max_len, T0)
-        cache.insert(chunk_cache, rows, cols, n)
-        valid_BT[rows, cols] = valid_bT.repeat_interleave(n, dim=0)
-        first_logits.append(logits_bV.repeat_interleave(n, dim=0))
-        start = stop
-    cache.length = T0
-    return torch.cat(first_logits)
-
-
-def _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype):
-    """The decode step: every row's newest token (at position pos_B) attends to its cached K/V and to
-    itself, its own K/V are written at column cache.length; returns the next logits (B, V)."""
-    L = cache.length
-    valid_BT[:, L] = True
-    K = sft.pad_length(L + 1, cache.multiple)  # the key columns the cache hands to attention
-    # contiguous: SDPA on CPU is ~1.5x slower with a strided mask
-    mask_B11T = _attention_mask(valid_BT[:, None, None, :K].contiguous(), model, dtype)
-    out = model(input_ids=token_B[:, None], attention_mask=mask_B11T, position_ids=pos_B[:, None],
-                use_cache=True, **{cache_kw: cache})
-    cache.length += 1
-    return out.logits[:, -1]
-
-
-@torch.no_grad()
-def _sample_batch(model, prompt_ids, n, max_new_tokens, temperature, top_p, eos_ids, stopper, generator,
-                  prefill_tokens, drop_fraction, multiple):
-    """Decode n samples of each prompt in one batch; returns (ids, logprobs, reasons) per row."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cache_kw = _cache_kwarg(model)
-    lens = [len(p) for p in prompt_ids]
-    T0 = sft.pad_length(max(lens), multiple)  # every prompt ends at column T0 - 1; new tokens follow in lockstep
-    B = len(prompt_ids) * n
-    cache = KVCache(B, T0 + max_new_tokens, multiple)
-    valid_BT = torch.zeros(B, cache.max_len, dtype=torch.bool, device=device)  # real tokens, per row
-
-    logits_BV = _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens, multiple)
-
-    # decode: one token a step for every row still in the batch (the decode step of the sampler)
-    pos_B = torch.tensor(lens, device=device).repeat_interleave(n)
-    rows = list(range(B))  # batch row -> sample index (host copy of row_B)
-    row_B = torch.arange(B, device=device)
-    alive_B = torch.ones(B, dtype=torch.bool, device=device)  # finished rows linger until dropped
-    out_BN = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    logp_BN = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
-    eos_E = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    n_gen = [max_new_tokens] * B
-    reasons = ["length"] * B
-    for step in range(max_new_tokens):
-        token_B, logp_B = sample_tokens(logits_BV, temperature, top_p, generator)
-        out_BN[row_B, step] = token_B
-        logp_BN[row_B, step] = logp_B
-        ended_B = torch.isin(token_B, eos_E) & alive_B
-        alive_B &= ~ended_B
-        for r in ended_B.nonzero().squeeze(-1).tolist():
-            n_gen[rows[r]], reasons[rows[r]] = step + 1, "eos"
-        if stopper is not None:
-            for r in stopper.hits(token_B, out_BN, rows, step + 1):
-                if reasons[rows[r]] == "length":
-                    n_gen[rows[r]], reasons[rows[r]] = step + 1, "stop"
-                    alive_B[r] = False
-        n_alive = int(alive_B.sum())
-        if n_alive == 0 or step == max_new_tokens - 1:
-            break
-        n_dead = len(rows) - n_alive
-        if n_dead > 0 and n_dead >= drop_fraction * len(rows):
-            keep_R = alive_B.nonzero().squeeze(-1)
-            cache.keep(keep_R)
-            valid_BT, pos_B, row_B, token_B = valid_BT[keep_R], pos_B[keep_R], row_B[keep_R], token_B[keep_R]
-            alive_B = alive_B[keep_R]
-            rows = row_B.tolist()
-        logits_BV = _decode_step(model, token_B, pos_B, valid_BT, cache, cache_kw, dtype)
-        pos_B += 1
-
-    out_BN, logp_BN = out_BN.cpu(), logp_BN.cpu()
-    ids = [out_BN[i, :n_gen[i]].tolist() for i in range(B)]
-    logprobs = [logp_BN[i, :n_gen[i]].clone() for i in range(B)]
-    return ids, logprobs, reasons
+@contextlib.contextmanager
+def _decoding_mode(model):
+    """The model in eval mode, and an eager-attention one in SDPA (TRICKS["sdpa"]; the trainers keep
+    eager on CPUs, common.load_model), restored on exit."""
+    impl = getattr(model.config, "_attn_implementation", "eager")
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"sample() supports sdpa and eager attention, not {impl!r}; load the model with "
+                         "attn_implementation='sdpa'")
+    was_training = model.training
+    to_sdpa = TRICKS["sdpa"] and impl == "eager" and hasattr(model, "set_attn_implementation")
+    model.eval()
+    if to_sdpa:
+        model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if to_sdpa:
+            model.set_attn_implementation("eager")
 
 
 def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
@@ -368,12 +353,10 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     a local generator: the same call gives the same samples whatever the global RNG state.
     `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
     `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
-    GPU); rows are dropped from the batch
-    once `drop_fraction` of it has finished. Prompts are left-padded, and attention reads the cache,
-    in lengths rounded up to a multiple of `pad_multiple` (masked columns; 1 pads nothing): on CPUs
-    oneDNN keeps a kernel per matmul shape (sft.pad_length), and a new key length per decoded token
-    would grow the process (docs/LOG.md, 2026-11-30, has the probe). The model is put in
-    eval mode (and an eager-attention model in SDPA) for the call, and restored after.
+    GPU); rows leave the batch once `drop_fraction` of it has finished. Prompts are left-padded, and
+    attention reads the cache, in lengths rounded up to a multiple of `pad_multiple` (masked
+    columns; 1 pads nothing; sft.pad_length says why). The model is put in eval mode (and an
+    eager-attention model in SDPA) for the call, and restored after.
     Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
     """
     if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or pad_multiple < 1:
@@ -397,27 +380,15 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
 
     # prompts of similar lengths share a batch and a prefill chunk: less padding to compute
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    was_training = model.training
-    # SDPA decodes a grouped-query model without copying K/V once per query head (eager's repeat_kv):
-    # 2.4x the sampler's speed at batch 80 on a CPU, where the trainers keep eager (load_model)
-    to_sdpa = (getattr(model.config, "_attn_implementation", None) == "eager"
-               and hasattr(model, "set_attn_implementation"))
-    model.eval()
-    if to_sdpa:
-        model.set_attn_implementation("sdpa")
-    try:
-        results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
+    results = []  # (ids, logprobs, reason) per row, in sorted-prompt order
+    with _decoding_mode(model):
         for start in range(0, len(order), per_batch):
             batch = [prompt_ids[i] for i in order[start:start + per_batch]]
             results += zip(*_sample_batch(model, batch, n, max_new_tokens, temperature, top_p, eos_ids, stopper,
                                           generator, prefill_tokens, drop_fraction, pad_multiple))
-    finally:
-        model.train(was_training)
-        if to_sdpa:
-            model.set_attn_implementation("eager")
     rank = {p: r for r, p in enumerate(order)}
-    ids, logprobs, reasons = zip(*[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)])
-    ids, logprobs, reasons = list(ids), list(logprobs), list(reasons)
+    ids, logprobs, reasons = (list(column) for column in zip(
+        *[results[rank[p] * n + s] for p in range(len(prompt_ids)) for s in range(n)]))
     texts = None
     if tokenizer is not None:
         texts = [cut_at_stop(t, stop_strings) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -458,8 +429,7 @@ STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": (), "base": ("</answer>",)
 
 
 def prompt_ids(tokenizer, contents):
-    """Token ids of each user turn under the model's chat template, ready for the reply (one
-    batched tokenizer call for all of them)."""
+    """Token ids of each user turn under the model's chat template, ready for the reply."""
     return encode_prompts(tokenizer, [[{"role": "user", "content": c}] for c in contents])
 
 
@@ -681,15 +651,21 @@ def format_report(task, rows):
     return "\n".join(lines)
 
 
-def plot_report(task, rows, path):
-    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
-    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
+def _pyplot(flag):
+    """matplotlib.pyplot on a file backend, or a UserError naming what to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+        raise UserError(f"{flag} needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_report(task, rows, path):
+    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
+    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
+    plt = _pyplot("--plot")
     variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.9 * len(rows) + 0.6), sharex=True, squeeze=False)
     x = range(len(variants))
@@ -715,12 +691,7 @@ def plot_report(task, rows, path):
 def plot_curves(sweeps, path):
     """One panel per --sweep file: success per variant against the training step, and the mean
     without Fake (the checkpoint rule's score) in black, the chosen step marked."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot-curves needs matplotlib: pip install matplotlib") from None
+    plt = _pyplot("--plot-curves")
     fig, axes = plt.subplots(len(sweeps), 1, figsize=(7, 2.6 * len(sweeps) + 0.4), squeeze=False)
     for ax, sweep in zip(axes[:, 0], sweeps):
         steps = [c["step"] for c in sweep["curve"]]
@@ -803,46 +774,41 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 
 
 def get_parser():
+    cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model",
-                        help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a hub id, or "
-                        "'smollm2'")
+    parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a "
+                        "hub id, or 'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
-    parser.add_argument("--out", default=None,
-                        help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
-    parser.add_argument("--variants", nargs="+", default=None, help="test sets to run (default: all eight)")
-    parser.add_argument("--limit", type=int, default=None, help="first N records of each test set, for quick runs")
+    parser.add_argument("--out", help="JSON file for the raw numbers and sample replies (distill: the SFT file)")
+    parser.add_argument("--variants", nargs="+", help="test sets to run (default: all eight)")
+    parser.add_argument("--limit", type=int, help="first N records of each test set, for quick runs")
     group = parser.add_argument_group("decoding")
-    group.add_argument("--temperature", type=float, default=0.5,
-                       help="sampling temperature (the paper's 0.5); 0 is greedy")
+    group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--max-new-tokens", type=int, default=None,
-                       help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
+    group.add_argument("--max-new-tokens", type=int, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
     group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
-    group.add_argument("--batch-rows", type=int, default=None, help="cap on rows decoded at once (GPU memory)")
-    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    group.add_argument("--batch-rows", type=int, help="cap on rows decoded at once (GPU memory)")
+    group.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16" if cuda else "fp32",
                        help="weights dtype (default bf16 on CUDA, fp32 on CPU)")
     group.add_argument("--show", type=int, default=2, help="episodes per variant whose replies go into --out")
-    group.add_argument("--label", default=None,
-                       help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
+    group.add_argument("--label", help="the method's name in --out and in --report tables (e.g. 'Diver.+CoT')")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="print one table from several --out files (no model needed)")
     parser.add_argument("--plot", metavar="PNG",
-                        help="with --report: also draw the table as a figure, ours beside the paper's (needs "
-                        "matplotlib)")
-    parser.add_argument("--plot-curves", metavar="PNG",
-                        help="with --report: draw each --sweep file's curve, success per variant against the "
-                        "training step (needs matplotlib)")
+                        help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
+    parser.add_argument("--plot-curves", metavar="PNG", help="with --report: draw each --sweep file's curve, success "
+                        "per variant against the training step (needs matplotlib)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR",
                        help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
     group.add_argument("--distill", action="store_true", help="rejection-sample CoT targets from --model (a teacher)")
     group.add_argument("--distill-from", default="train_ans", help="which DATA/TASK/NAME.jsonl prompts to distill")
-    group.add_argument("--samples", type=int, default=16,
-                       help="distill: replies sampled per prompt (paper: 16 Sokoban, 3 GP)")
+    group.add_argument("--samples", type=int, default=16, help="distill: replies sampled per prompt (paper: 16 "
+                       "Sokoban, 3 GP)")
+    parser.set_defaults(device="cuda" if cuda else "cpu")  # not a flag: recorded in --out's args
     return parser
 
 
@@ -861,8 +827,8 @@ def check_args(args):
         (args.sweep and (args.model or args.distill),
          "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
         (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
-        (args.distill and args.task == "base",
-         "--distill makes Sokoban or General Points targets: --task sokoban or gpoints"),
+        (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or "
+         "gpoints"),
         (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
         *[(value is not None and value < 1, f"{flag} must be >= 1 (got {value})") for flag, value in positive],
         (min(args.max_turns, args.samples) < 1, "--max-turns and --samples must be >= 1"),
@@ -881,22 +847,21 @@ def check_args(args):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     check_args(args)
     if args.report:
         return run_report(args)
-    if args.model:
-        args.model = resolve_model(args.model)
-    if args.distill:
-        return run_distill(args)
-    args.max_new_tokens = args.max_new_tokens or (256 if args.task == "sokoban" else 512)
-    if args.task == "base":
-        sets = {"base": read_jsonl(os.path.join(args.data, "base", "eval.jsonl"))[:args.limit]}
+    # the model's path and the reply cap resolved, in a copy that --out records as the run's args
+    cap = 1024 if args.distill else 256 if args.task == "sokoban" else 512
+    run = argparse.Namespace(**{**vars(args), "model": args.model and resolve_model(args.model),
+                                "max_new_tokens": args.max_new_tokens or cap})
+    if run.distill:
+        return run_distill(run)
+    if run.task == "base":
+        sets = {"base": read_jsonl(os.path.join(run.data, "base", "eval.jsonl"))[:run.limit]}
     else:
-        variants = args.variants or (SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS)
-        sets = load_eval_sets(args.data, args.task, variants, args.limit)
-    return run_sweep(args, sets) if args.sweep else run_evaluation(args, sets)
+        sets = load_eval_sets(run.data, run.task, run.variants or (SOKOBAN_VARIANTS if run.task == "sokoban"
+                                                                   else GPOINTS_VARIANTS), run.limit)
+    return run_sweep(run, sets) if run.sweep else run_evaluation(run, sets)
 
 
 def run_evaluation(args, sets):
@@ -959,7 +924,6 @@ def run_report(args):
 def run_distill(args):
     """--distill: data generation, the teacher's first correct reply to each prompt of
     DATA/TASK/--distill-from.jsonl, written as SFT records."""
-    args.max_new_tokens = args.max_new_tokens or 1024
     path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
     records = read_jsonl(path)
     if not records:

@@ -143,7 +143,9 @@ def test_top_p_to_zero_is_greedy(qwen, prompts):
     assert nucleus.ids == [ids for ids in greedy.ids for _ in range(2)]
 
 
-def test_sampled_tokens_follow_the_distribution():
+@pytest.mark.parametrize("inverse_cdf", [True, False])
+def test_sampled_tokens_follow_the_distribution(inverse_cdf, monkeypatch):
+    monkeypatch.setitem(eval_module.TRICKS, "inverse_cdf", inverse_cdf)  # False: torch.multinomial (bench.py tricks)
     # one row per distribution: a peaked one, a flat one with zero-mass tokens (what top-p leaves) at
     # both ends; 20,000 draws each, frequencies within 0.015 of the probabilities (about 5 sigma)
     probs = torch.tensor([[0.0, 0.7, 0.2, 0.1, 0.0], [0.25, 0.25, 0.0, 0.25, 0.25]])
@@ -155,6 +157,26 @@ def test_sampled_tokens_follow_the_distribution():
         assert counts[p == 0].sum() == 0
         assert torch.allclose(counts, p, atol=0.015), (counts, p)
     assert torch.allclose(logp.exp(), probs.repeat_interleave(20_000, dim=0).gather(-1, tokens[:, None]).squeeze(-1))
+
+
+@pytest.mark.parametrize("trick", ["shared_prefix", "sdpa"])
+def test_a_trick_switched_off_changes_no_greedy_reply(tok, tiny_dir, prompts, trick, monkeypatch):
+    """bench.py tricks times the sampler with each speed trick off: it then decodes as it says (no
+    prefix forward alone; eager attention's additive mask) and greedy replies still equal generate's."""
+    monkeypatch.setitem(eval_module.TRICKS, trick, False)
+    model = common.load_model(tiny_dir, "fp32")  # eager on a CPU
+    shared = [tok.encode("the system says: answer with one word. the user says:") + p for p in prompts]
+    seen = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((kw["input_ids"].shape[0], kw["attention_mask"].dtype)), with_kwargs=True)
+    try:
+        out = sample(model, shared, temperature=0, max_new_tokens=12, eos_ids=[])
+    finally:
+        hook.remove()
+    assert out.ids == hf_generate(model, shared, tok.pad_token_id, do_sample=False, max_new_tokens=12)
+    assert (seen[0][0] == len(shared)) == (trick == "shared_prefix")  # with it on, the prefix runs alone first
+    assert all((dtype == torch.bool) == (trick != "sdpa") for _, dtype in seen)
+    assert model.config._attn_implementation == "eager"
 
 
 def test_sampling_leaves_the_models_attention_as_it_was(tiny_dir, prompts):

@@ -1,11 +1,10 @@
 r"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
 
-A step (rl_step): this rank's share of `--prompts-per-step` prompts, `--group-size` replies to each
-from eval.py's KV-cached sampler at `--temperature`, scored by eval.py's `reward`; the log-probs of
-the policy that sampled and of the frozen reference; per-token advantages (GRPO: relative to the
-group; PPO: GAE with a value head); then `--ppo-epochs` passes of one optimizer step per mini-batch
-on the clipped objective (grpo_loss, ppo_loss). `--model` is a Hugging Face directory (an SFT run's
-final/); prompts are each record's user message through the tokenizer's chat template.
+A step (main's loop): `--group-size` replies to each of this rank's share of `--prompts-per-step`
+prompts from eval.py's KV-cached sampler, scored by eval.py's `reward`; the log-probs of the policy
+that sampled and of the frozen reference; per-token advantages (GRPO: relative to the group; PPO: GAE
+with a value head); `--ppo-epochs` passes of one optimizer step per mini-batch on the clipped
+objective (grpo_loss, ppo_loss). `--model` is a Hugging Face directory, e.g. an SFT run's final/.
 
     # CPU demo (a tiny SFT model, 2 cores)
     python make_data.py --out data --scale small --style compact
@@ -20,15 +19,12 @@ final/); prompts are each record's user message through the tokenizer's chat tem
     # 2 CPU processes (gloo), e.g. to check DDP
     torchrun --standalone --nproc_per_node=2 rl.py --model ... --data ... --out ... --dtype fp32
 
-Outputs as in sft.py: OUT/config.json, OUT/log.jsonl (a line a step), OUT/step_N/ and OUT/final/
-(Hugging Face directories + trainer_state.pt; PPO adds value_head.pt), and `--resume` continues
-exactly. Bad input is refused before any work (one line `rl.py: error: ...`, exit 2), an OUT of
-another run needs `--overwrite`, and SIGTERM / Ctrl-C save OUT/step_N/ after the current step and
-exit with 128 + the signal.
+Outputs as in sft.py: OUT/config.json, OUT/log.jsonl, OUT/step_N/ and OUT/final/ (PPO adds
+value_head.pt); `--resume` continues exactly; bad input is one line `rl.py: error: ...` (exit 2)
+before any work; SIGTERM / Ctrl-C save OUT/step_N/ after the step and exit with 128 + the signal.
 """
 # Reading order: arguments; the maths as pure functions; the two objectives; the policy; data; the
-# RL step (rollout -> log-probs -> advantages -> update -> log); checkpoints; the loop (main). The
-# sampler and the rewards are eval.py's.
+# pieces of a step; checkpoints; setup and the loop (main). The sampler and the rewards are eval.py's.
 import argparse
 import contextlib
 import json
@@ -391,11 +387,12 @@ def split_rows(rows, size):
     return [rows[j:j + size] for j in range(0, len(rows), size)]
 
 
-def to_rows(x_N, mask_bR):
-    """Scatter a flat per-token vector (the rows' responses in order) into a (rows, R) tensor on CPU."""
-    out_bR = torch.zeros(mask_bR.shape, dtype=x_N.dtype)
-    out_bR[mask_bR] = x_N.detach().cpu()
-    return out_bR
+def scatter(chunks_N, mask_BR):
+    """Per-token vectors of consecutive rows (each row's response tokens in order) as one (B, R) tensor
+    on CPU, 0 off the mask."""
+    x_BR = torch.zeros(mask_BR.shape, dtype=chunks_N[0].dtype)
+    x_BR[mask_BR] = torch.cat(chunks_N).cpu()
+    return x_BR
 
 # -----------------------------------------------------------------------------
 # the RL step: rollout -> old / reference log-probs -> advantages -> update -> log
@@ -443,18 +440,15 @@ def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correc
 def sampling_logprobs(models, ro, args, pad_id, device):
     """The rollout with the log-probs of the policy that sampled (PPO: and its values) and of the
     reference, from one no-grad pass with the training micro-batches and dtype."""
-    B, R = ro.mask_BR.shape
-    old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(B, R) for _ in range(3))
-    for rows in split_rows(list(range(B)), args.micro_batch_size):
-        mb, mask_bR = collate(ro, rows, pad_id, device, args.pad_multiple), ro.mask_BR[rows]
+    logp, values, ref = [], [], []
+    for rows in split_rows(list(range(len(ro.response))), args.micro_batch_size):
+        mb = collate(ro, rows, pad_id, device, args.pad_multiple)
         logp_N, _, values_N = response_logprobs(models.policy, mb, args.temperature, args.dtype)
-        old_logp_BR[rows] = to_rows(logp_N, mask_bR)
-        if values_N is not None:
-            old_values_BR[rows] = to_rows(values_N, mask_bR)
+        logp.append(logp_N), values.append(values_N)
         if models.ref is not None:
-            ref_logp_BR[rows] = to_rows(response_logprobs(models.ref, mb, args.temperature, args.dtype)[0], mask_bR)
-    return replace(ro, old_logp_BR=old_logp_BR, ref_logp_BR=ref_logp_BR if models.ref is not None else None,
-                   old_values_BR=old_values_BR if models.head is not None else None)
+            ref.append(response_logprobs(models.ref, mb, args.temperature, args.dtype)[0])
+    return replace(ro, old_logp_BR=scatter(logp, ro.mask_BR), ref_logp_BR=scatter(ref, ro.mask_BR) if ref else None,
+                   old_values_BR=scatter(values, ro.mask_BR) if models.head is not None else None)
 
 
 def ppo_advantages(ro, args, world, device):
@@ -590,6 +584,7 @@ def log_line(row, args):
             f"len {row['response_length']:.1f} cut {row['truncated']:.2f} kl {row['kl_ref']:.4f} "
             f"clip {row['clip_frac']:.3f} ent {row['entropy']:.3f} gnorm {row['grad_norm']:.3f} {extra} "
             f"time {row['sample_s']:.1f}s+{row['learn_s']:.1f}s")
+
 # -----------------------------------------------------------------------------
 # checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
 

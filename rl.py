@@ -23,8 +23,8 @@ Outputs as in sft.py: OUT/config.json, OUT/log.jsonl, OUT/step_N/ and OUT/final/
 value_head.pt); `--resume` continues exactly; bad input is one line `rl.py: error: ...` (exit 2)
 before any work; SIGTERM / Ctrl-C save OUT/step_N/ after the step and exit with 128 + the signal.
 """
-# Reading order: arguments; the maths as pure functions; the two objectives; the policy; data; the
-# pieces of a step; checkpoints; setup and the loop (main). The sampler and the rewards are eval.py's.
+# Reading order: arguments; the maths as pure functions; the two objectives; the policy; data;
+# checkpoints; setup; the pieces of a step; the loop (main). The sampler and the rewards are eval.py's.
 import argparse
 import contextlib
 import json
@@ -395,6 +395,100 @@ def scatter(chunks_N, mask_BR):
     return x_BR
 
 # -----------------------------------------------------------------------------
+# checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
+
+
+def save_rl_checkpoint(run, name, step):
+    """OUT/name/: the LM, its optimizer and (PPO) the value head; collective, every rank calls it."""
+    # the value head is written before save_checkpoint writes trainer_state.pt (what marks a
+    # checkpoint complete for --resume), so a complete step_N/ always has its head
+    args, models, master = run.args, run.models, run.rank == 0
+    pending = os.path.join(args.out, f".{name}.value_head.pt")
+    if models.head is not None and master:
+        os.makedirs(args.out, exist_ok=True)
+        torch.save({"head": models.head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, pending)
+    save_checkpoint(args.out, name, models.lm, run.tokenizer, models.optimizer, None, step, args, run.rank)
+    if models.head is not None and master:
+        os.replace(pending, os.path.join(args.out, name, "value_head.pt"))
+
+
+def resume_training(models, resume_from, out_dir, device):
+    """The optimizer state (and PPO's value head, in the checkpoint or still pending beside it) of a
+    checkpoint; returns its step."""
+    state = load_trainer_state(resume_from, models.lm, models.optimizer)
+    if models.head is not None:
+        path = os.path.join(resume_from, "value_head.pt")
+        if not os.path.isfile(path):
+            path = os.path.join(out_dir, f".{os.path.basename(resume_from)}.value_head.pt")
+        saved = torch.load(path, map_location=device, weights_only=False)
+        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
+    return state["step"]
+
+
+def check_replicas(params, world, device, master):
+    """DDP keeps replicas identical; say so rather than assume it."""
+    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
+    all_sums = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(all_sums, checksum)
+    if master:
+        print(f"ranks in sync: {all(torch.equal(all_sums[0], c) for c in all_sums)}")
+
+# -----------------------------------------------------------------------------
+# setup: refuse bad input, then load the prompts and build the models
+
+
+@dataclass
+class Run:
+    """What setup() resolves and the loop reads."""
+
+    args: argparse.Namespace  # the flags, --model resolved to a directory
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    prompts: list  # every record's prompt token ids
+    metas: list  # every record's meta, what the rewards read
+    models: Models
+    local_mini: int  # rows of a mini-batch on this rank
+    prepass: bool  # whether a no-grad pass records the old log-probs
+    start_step: int  # 0, or the step of the checkpoint resumed from
+    reward_fn: object  # reward(reply, meta), eval.py's unless a test injects one
+    correct_fn: object  # is_correct(reply, meta), likewise
+
+
+def setup(args, reward_fn, correct_fn):
+    """Refuse bad input before any work, build the models (restored with --resume), write OUT/config.json."""
+    rank, world, local_rank, device = setup_distributed()
+    master = rank == 0
+    mini = check_args(args, world)
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
+    # the data and OUT are checked before any model is loaded or OUT is touched
+    check_out_dir(args.out)
+    args = argparse.Namespace(**dict(vars(args), model=resolve_model(args.model)))  # 'smollm2' -> its directory
+    records = read_prompts(args)
+    task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
+    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
+    tokenizer = load_tokenizer(args.model)  # a missing model is refused before OUT is touched
+    prepare_run_dir(args.out, args.overwrite, master, world)
+    prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
+
+    models = build_models(args, resume_from, world, local_rank, device)
+    start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
+    updates = args.ppo_epochs * (args.prompts_per_step * args.group_size // mini)
+    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
+                  mini_batch_size_resolved=mini, updates_per_step=updates, n_prompts=len(records),
+                  n_params=sum(p.numel() for p in models.params), longest_prompt=max(len(p) for p in prompts))
+    if master:
+        print(json.dumps(config, indent=1))
+        start_run_files(args.out, config, start_step)
+    # one update a step (GRPO's default) and neither a reference nor a value head: the policy being
+    # updated is the one that sampled, so the update's own log-probs, detached, are the old ones and the
+    # ratio is exactly 1. Otherwise a no-grad pre-pass records them (sampling_logprobs).
+    prepass = updates > 1 or models.ref is not None or models.head is not None
+    return Run(args, rank, world, device, tokenizer, prompts, [r["meta"] for r in records], models, mini // world,
+               prepass, start_step, reward_fn, correct_fn)
+
+# -----------------------------------------------------------------------------
 # the RL step: rollout -> old / reference log-probs -> advantages -> update -> log
 
 
@@ -419,30 +513,32 @@ class Rollout:
     returns_BR: torch.Tensor = None  # PPO: the GAE returns
 
 
-def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correct_fn):
-    """`group_size` scored replies to each prompt, from the sampler with the unwrapped LM."""
-    with autocast_ctx(device, args.dtype):
-        out = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
+def rollout(run, idx, seed):
+    """`group_size` scored replies to each of the records `idx`, from the sampler with the unwrapped LM."""
+    args, prompts = run.args, [run.prompts[i] for i in idx]
+    with autocast_ctx(run.device, args.dtype):
+        out = sample(run.models.lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, stop_strings=args.stop, tokenizer=run.tokenizer, seed=seed,
                      return_logprobs=True, max_batch_rows=args.sample_batch_rows or None,
                      pad_multiple=args.pad_multiple)
-    metas_B = [m for m in metas for _ in range(args.group_size)]
+    metas_B = [run.metas[i] for i in idx for _ in range(args.group_size)]
     lengths = [len(r) for r in out.ids]
-    rewards = [float(reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
+    rewards = [float(run.reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
     return Rollout(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
                    sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
-                   correct=[bool(correct_fn(t, m)) for t, m in zip(out.texts, metas_B)],
+                   correct=[bool(run.correct_fn(t, m)) for t, m in zip(out.texts, metas_B)],
                    mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
                    score_B=torch.tensor(rewards, dtype=torch.float32))
 
 
 @torch.no_grad()
-def sampling_logprobs(models, ro, args, pad_id, device):
+def sampling_logprobs(run, ro):
     """The rollout with the log-probs of the policy that sampled (PPO: and its values) and of the
     reference, from one no-grad pass with the training micro-batches and dtype."""
+    args, models = run.args, run.models
     logp, values, ref = [], [], []
     for rows in split_rows(list(range(len(ro.response))), args.micro_batch_size):
-        mb = collate(ro, rows, pad_id, device, args.pad_multiple)
+        mb = collate(ro, rows, run.tokenizer.pad_token_id, run.device, args.pad_multiple)
         logp_N, _, values_N = response_logprobs(models.policy, mb, args.temperature, args.dtype)
         logp.append(logp_N), values.append(values_N)
         if models.ref is not None:
@@ -464,13 +560,14 @@ def ppo_advantages(ro, args, world, device):
     return replace(ro, adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR)
 
 
-def micro_batch_loss(model, ro, rows, scale, args, pad_id, device):
-    """The objective of rows `rows` (grpo_loss or ppo_loss), through `model` (the DDP wrapper on
-    several ranks), and its per-token terms for the log."""
-    mb = collate(ro, rows, pad_id, device, args.pad_multiple)
-    logp_N, logits_NV, values_N = response_logprobs(model, mb, args.temperature, args.dtype)
+def micro_batch_loss(run, ro, rows, scale):
+    """The objective of rows `rows` (grpo_loss or ppo_loss) through run.models.model (the DDP wrapper
+    on several ranks), and its per-token terms for the log."""
+    args = run.args
+    mb = collate(ro, rows, run.tokenizer.pad_token_id, run.device, args.pad_multiple)
+    logp_N, logits_NV, values_N = response_logprobs(run.models.model, mb, args.temperature, args.dtype)
     mask_bR = ro.mask_BR[rows]
-    tokens = lambda x_BR: x_BR[rows][mask_bR].to(device)  # a (B, R) buffer -> these rows' response tokens
+    tokens = lambda x_BR: x_BR[rows][mask_bR].to(run.device)  # a (B, R) buffer -> these rows' response tokens
     old_logp_N = logp_N.detach() if ro.old_logp_BR is None else tokens(ro.old_logp_BR)
     with (contextlib.nullcontext() if args.entropy_coef else torch.no_grad()):  # logged either way
         entropy_N = token_entropy(logits_NV)
@@ -512,11 +609,11 @@ class Stats:
         self.tokens += len(terms["logp_N"])
 
 
-def update(models, ro, args, local_mini, seed, world, device, pad_id):
-    """--ppo-epochs passes over the rollout, each cut into mini-batches of `local_mini` rows per rank;
-    one optimizer step (global gradient norm clipped) per mini-batch. Returns (this rank's Stats, the
-    grad norms, ratio_dev_first: the largest |ratio - 1| of the first mini-batch, 0 when all is well)."""
-    B = len(ro.mask_BR)
+def update(run, ro, seed):
+    """--ppo-epochs passes over the rollout, each cut into mini-batches of run.local_mini rows; one
+    optimizer step (global gradient norm clipped) per mini-batch. Returns (this rank's Stats, the grad
+    norms, ratio_dev_first: the largest |ratio - 1| of the first mini-batch, 0 when all is well)."""
+    args, models, world, device, B = run.args, run.models, run.world, run.device, len(ro.mask_BR)
     stats, grad_norms, ratio_dev_first = Stats(), [], None
     if args.algo == "ppo" and ro.ref_logp_BR is not None:  # the KL that entered the rewards
         stats.kl_ref = ((ro.old_logp_BR - ro.ref_logp_BR) * ro.mask_BR).sum().item()
@@ -526,14 +623,14 @@ def update(models, ro, args, local_mini, seed, world, device, pad_id):
         order = list(range(B))
         if epoch:
             order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        for start in range(0, B, local_mini):
-            minibatch = order[start:start + local_mini]
+        for start in range(0, B, run.local_mini):
+            minibatch = order[start:start + run.local_mini]
             n_tokens, = all_reduce_sum([int(ro.mask_BR[minibatch].sum())], world, device)
             scale = sft.step_loss_scale(n_tokens, world)  # token-level averaging over the mini-batch, all ranks
             micro_batches = split_rows(minibatch, args.micro_batch_size)
             for k, rows in enumerate(micro_batches):
                 with grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
-                    loss, terms = micro_batch_loss(models.model, ro, rows, scale, args, pad_id, device)
+                    loss, terms = micro_batch_loss(run, ro, rows, scale)
                     loss.backward()
                 if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler
                     dev = (terms["ratio_N"].detach() - 1).abs().max().item()
@@ -550,20 +647,20 @@ def update(models, ro, args, local_mini, seed, world, device, pad_id):
     return stats, grad_norms, ratio_dev_first
 
 
-def log_row(step, ro, zero_var, learned, times, signum, n_prompts, args, world, device):
+def log_row(run, step, ro, zero_var, learned, times, signum):
     """The step's log line, from sums over ranks: rewards per reply, token stats per trained token
     (first-pass stats per token of the step); and the all-reduced signal flag."""
-    stats, grad_norms, ratio_dev_first = learned
+    args, (stats, grad_norms, ratio_dev_first) = run.args, learned
     B = len(ro.response)
     keys = [f.name for f in fields(stats)] + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups",
                                               "step_tokens", "signalled"]
     sums = all_reduce_sum(list(astuple(stats)) + [
         sum(ro.reward), sum(ro.correct), sum(len(r) for r in ro.response), sum(ro.truncated), B,
-        zero_var * (B // args.group_size), float(ro.mask_BR.sum()), signum], world, device)
+        zero_var * (B // args.group_size), float(ro.mask_BR.sum()), signum], run.world, run.device)
     total = dict(zip(keys, sums))
     per_token = lambda k: total[k] / max(total["tokens"], 1)
     kl_tokens = total["step_tokens"] if args.algo == "ppo" else total["tokens"]  # PPO's KL is the sampling policy's
-    row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / n_prompts, 3),
+    row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / len(run.prompts), 3),
            "reward": total["reward"] / total["rows"], "accuracy": total["correct"] / total["rows"],
            "response_length": total["length"] / total["rows"], "truncated": total["truncated"] / total["rows"],
            "kl_ref": total["kl_ref"] / max(kl_tokens, 1), "approx_kl": per_token("approx_kl"),
@@ -586,49 +683,13 @@ def log_line(row, args):
             f"time {row['sample_s']:.1f}s+{row['learn_s']:.1f}s")
 
 # -----------------------------------------------------------------------------
-# checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
-
-
-def save_rl_checkpoint(out_dir, name, models, tokenizer, step, args, rank):
-    # the value head is written before save_checkpoint writes trainer_state.pt (what marks a
-    # checkpoint complete for --resume), so a complete step_N/ always has its head
-    head, pending = models.head, os.path.join(out_dir, f".{name}.value_head.pt")
-    if head is not None and rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        torch.save({"head": head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, pending)
-    save_checkpoint(out_dir, name, models.lm, tokenizer, models.optimizer, None, step, args, rank)
-    if head is not None and rank == 0:
-        os.replace(pending, os.path.join(out_dir, name, "value_head.pt"))
-
-
-def resume_training(models, resume_from, out_dir, device):
-    """The optimizer state (and PPO's value head, in the checkpoint or still pending beside it) of a
-    checkpoint; returns its step."""
-    state = load_trainer_state(resume_from, models.lm, models.optimizer)
-    if models.head is not None:
-        path = os.path.join(resume_from, "value_head.pt")
-        if not os.path.isfile(path):
-            path = os.path.join(out_dir, f".{os.path.basename(resume_from)}.value_head.pt")
-        saved = torch.load(path, map_location=device, weights_only=False)
-        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
-    return state["step"]
-
-
-def check_replicas(params, world, device, master):
-    """DDP keeps replicas identical; say so rather than assume it."""
-    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
-    all_sums = [torch.zeros_like(checksum) for _ in range(world)]
-    dist.all_gather(all_sums, checksum)
-    if master:
-        print(f"ranks in sync: {all(torch.equal(all_sums[0], c) for c in all_sums)}")
-
-# -----------------------------------------------------------------------------
 # evaluation hook (rank 0 only, the unwrapped model)
 
 
-def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
+def evaluate_now(run, step, ro):
     """--eval-every: print a few of the step's replies, then score each --eval-data file: the first
     move's accuracy, and eval.py's environment evaluation (multi-turn for Sokoban)."""
+    args, lm, tokenizer = run.args, run.models.lm, run.tokenizer
     lines = [f"--- step {step}: sampled replies"]
     for i in range(0, min(len(ro.text), 3 * args.group_size), args.group_size):
         lines.append(f"[reward {ro.reward[i]:+.1f}] {ro.text[i][:300]!r}")
@@ -636,11 +697,12 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
     for path in args.eval_data:
         records = read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
-        with autocast_ctx(device, args.dtype):
+        with autocast_ctx(run.device, args.dtype):
             texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                            stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed).texts
         name = os.path.splitext(os.path.basename(path))[0]
-        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(texts, records)]))
+        correct = [run.correct_fn(t, r["meta"]) for t, r in zip(texts, records)]
+        scores[f"{name}_first_move_acc"] = float(np.mean(correct))
         task = records[0]["meta"].get("task") if records else None
         if task in ENV_EVALUATORS:
             variant = records[0]["meta"]["variant"]
@@ -653,65 +715,14 @@ def evaluate_now(lm, tokenizer, args, device, step, ro, correct_fn):
     return scores
 
 # -----------------------------------------------------------------------------
-# setup and the training loop
-
-
-@dataclass
-class Run:
-    """What setup() resolves and the loop reads."""
-
-    args: argparse.Namespace  # the flags, --model resolved to a directory
-    rank: int
-    world: int
-    device: torch.device
-    tokenizer: object
-    prompts: list  # every record's prompt token ids
-    metas: list  # every record's meta, what the rewards read
-    models: Models
-    local_mini: int  # rows of a mini-batch on this rank
-    prepass: bool  # whether a no-grad pass records the old log-probs
-    start_step: int  # 0, or the step of the checkpoint resumed from
-
-
-def setup(args):
-    """Refuse bad input before any work, build the models (restored with --resume), write OUT/config.json."""
-    rank, world, local_rank, device = setup_distributed()
-    master = rank == 0
-    mini = check_args(args, world)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
-    # the data and OUT are checked before any model is loaded or OUT is touched
-    check_out_dir(args.out)
-    args = argparse.Namespace(**dict(vars(args), model=resolve_model(args.model)))  # 'smollm2' -> its directory
-    records = read_prompts(args)
-    task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
-    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
-    tokenizer = load_tokenizer(args.model)  # a missing model is refused before OUT is touched
-    prepare_run_dir(args.out, args.overwrite, master, world)
-    prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
-
-    models = build_models(args, resume_from, world, local_rank, device)
-    start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
-    updates = args.ppo_epochs * (args.prompts_per_step * args.group_size // mini)
-    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
-                  mini_batch_size_resolved=mini, updates_per_step=updates, n_prompts=len(records),
-                  n_params=sum(p.numel() for p in models.params), longest_prompt=max(len(p) for p in prompts))
-    if master:
-        print(json.dumps(config, indent=1))
-        start_run_files(args.out, config, start_step)
-    # one update a step (GRPO's default) and neither a reference nor a value head: the policy being
-    # updated is the one that sampled, so the update's own log-probs, detached, are the old ones and the
-    # ratio is exactly 1. Otherwise a no-grad pre-pass records them (sampling_logprobs).
-    prepass = updates > 1 or models.ref is not None or models.head is not None
-    return Run(args, rank, world, device, tokenizer, prompts, [r["meta"] for r in records], models, mini // world,
-               prepass, start_step)
+# the training loop
 
 
 def main(argv=None, reward_fn=None, correct_fn=None):
     """Run RL; returns rank 0's log rows. `reward_fn(reply, meta)` / `correct_fn` default to eval.py's
     reward / is_correct (tests inject toy ones)."""
-    reward_fn, correct_fn = reward_fn or reward, correct_fn or is_correct
-    run = setup(get_parser().parse_args(argv))
-    args, models, tokenizer, rank, world, device = run.args, run.models, run.tokenizer, run.rank, run.world, run.device
+    run = setup(get_parser().parse_args(argv), reward_fn or reward, correct_fn or is_correct)
+    args, rank, world, device = run.args, run.rank, run.world, run.device
     master, local = rank == 0, args.prompts_per_step // world
     rows_log, stopper, stop = [], StopSignal("rl.py"), False
     pbar = tqdm(range(run.start_step, args.max_steps), initial=run.start_step, total=args.max_steps,
@@ -721,12 +732,11 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # 1. rollouts: this rank's share of the step's prompts, `group_size` scored replies to each
         idx = step_prompts(len(run.prompts), args.prompts_per_step, args.seed, step)[rank * local:][:local]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
-        ro = rollout(models.lm, tokenizer, [run.prompts[i] for i in idx], [run.metas[i] for i in idx], args, seed,
-                     device, reward_fn, correct_fn)
+        ro = rollout(run, idx, seed)
         t_sample = time.time() - t0
         # 2. old log-probs (PPO: and values) and the reference's, where the update needs them
         if run.prepass:
-            ro = sampling_logprobs(models, ro, args, tokenizer.pad_token_id, device)
+            ro = sampling_logprobs(run, ro)
         # 3. advantages of every response token
         if args.algo == "grpo":
             adv_B, zero_var_G = group_advantages(ro.score_B, args.group_size, args.adv_eps)
@@ -735,30 +745,29 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             ro, zero_var = ppo_advantages(ro, args, world, device), 0.0
         # 4. --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
-        learned = update(models, ro, args, run.local_mini, seed, world, device, tokenizer.pad_token_id)
+        learned = update(run, ro, seed)
         # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
-        row, signalled = log_row(step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum,
-                                 len(run.prompts), args, world, device)
+        row, signalled = log_row(run, step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum)
         if master:
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
         if args.eval_every and (step + 1) % args.eval_every == 0:
             if master:  # the scores join the returned row; log.jsonl has the step already
-                row.update(evaluate_now(models.lm, tokenizer, args, device, step + 1, ro, correct_fn))
+                row.update(evaluate_now(run, step + 1, ro))
             if world > 1:
                 dist.barrier()
         stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
-            save_rl_checkpoint(args.out, f"step_{step + 1}", models, tokenizer, step + 1, args, rank)
+            save_rl_checkpoint(run, f"step_{step + 1}", step + 1)
         if stop or args.stop_after and step + 1 >= args.stop_after:
             break
     else:
-        save_rl_checkpoint(args.out, "final", models, tokenizer, args.max_steps, args, rank)
+        save_rl_checkpoint(run, "final", args.max_steps)
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
     if world > 1:
-        check_replicas(models.params, world, device, master)
+        check_replicas(run.models.params, world, device, master)
     finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
     return rows_log
 

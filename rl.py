@@ -1,13 +1,10 @@
 r"""Reinforcement learning on the study's rewards: GRPO (the paper's "RL (warm)" baseline) and PPO.
 
-Each step draws `--prompts-per-step` prompts (rank r takes its contiguous share), samples
-`--group-size` replies to each with eval.py's KV-cached sampler (through the unwrapped module,
-at `--temperature`), scores them with eval.py's `reward` (Sokoban single step: 1 for a
-well-formed optimal move, all optimal moves counting; General Points: +5/-1/-2/-3), turns rewards
-into per-token advantages and takes `--ppo-epochs` x (batch / `--mini-batch-size`) optimizer steps
-on the clipped surrogate. Token losses are summed and divided by the response tokens of the whole
-mini-batch over all micro-batches and ranks. `--model` is a local Hugging Face directory (an SFT
-run's `final/`); prompts are each record's user message through the tokenizer's chat template.
+A step (main's loop): `--group-size` replies to each of this rank's share of `--prompts-per-step`
+prompts from eval.py's KV-cached sampler, scored by eval.py's `reward`; the log-probs of the policy
+that sampled and of the frozen reference; per-token advantages (GRPO: relative to the group; PPO: GAE
+with a value head); `--ppo-epochs` passes of one optimizer step per mini-batch on the clipped
+objective (grpo_loss, ppo_loss). `--model` is a Hugging Face directory, e.g. an SFT run's final/.
 
     # CPU demo (a tiny SFT model, 2 cores)
     python make_data.py --out data --scale small --style compact
@@ -22,27 +19,20 @@ run's `final/`); prompts are each record's user message through the tokenizer's 
     # 2 CPU processes (gloo), e.g. to check DDP
     torchrun --standalone --nproc_per_node=2 rl.py --model ... --data ... --out ... --dtype fp32
 
-GRPO: advantage = (reward - group mean) / (group std + eps), the same for every token of a reply;
-optional k3 KL to the frozen initial model in the loss (`--kl-coef`) and entropy bonus.
-PPO: a value head (one linear layer, zero-initialised) on the policy's last hidden state, GAE over
-the response tokens, per-token reward -kl_coef * (logp - ref_logp) plus the score on the last
-token, whitened advantages, clipped value loss. Outputs as in sft.py: OUT/config.json,
-OUT/log.jsonl (one line a step), OUT/step_N/ and OUT/final/ (Hugging Face directories +
-trainer_state.pt; PPO adds value_head.pt), and `--resume` continues exactly. Bad input is refused
-before any work (one line `rl.py: error: ...`, exit 2), an OUT holding another run needs
-`--overwrite`, and SIGTERM / Ctrl-C save OUT/step_N/ at the end of the current step and exit with
-128 + the signal (143 / 130), as in sft.py.
+Outputs as in sft.py: OUT/config.json, OUT/log.jsonl, OUT/step_N/ and OUT/final/ (PPO adds
+value_head.pt); `--resume` continues exactly; bad input is one line `rl.py: error: ...` (exit 2)
+before any work; SIGTERM / Ctrl-C save OUT/step_N/ after the step and exit with 128 + the signal.
 """
-# Reading order: arguments; the maths as pure functions; the two objectives (grpo_loss, ppo_loss);
-# the policy; the RL step as the algorithm box reads: rollout -> advantages -> update; the loop
-# (main). The sampler and the rewards are eval.py's.
+# Reading order: arguments; the maths as pure functions; the two objectives; the policy; data;
+# checkpoints; setup; the pieces of a step; the loop (main). The sampler and the rewards are eval.py's.
 import argparse
 import contextlib
 import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,70 +54,48 @@ from common import (UserError, run_cli, read_jsonl, refuse, setup_distributed, a
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", required=True,
-                   help="Hugging Face model directory to start from (e.g. an SFT run's final/), a hub id, or 'smollm2'")
-    g.add_argument("--data", required=True,
-                   help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}} (make_data.py's rl*.jsonl)")
+    g.add_argument("--model", required=True, help="model directory (an SFT run's final/), a hub id, or 'smollm2'")
+    g.add_argument("--data", required=True, help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}}")
     g.add_argument("--out", required=True, help="output directory: config.json, log.jsonl, step_N/, final/")
-    g.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="longest reply in tokens; longer ones are cut (and counted in the log)")
-    g.add_argument("--stop", nargs="*", default=[],
-                   help="stop strings that end a reply besides the EOS (default: none, the model learns to stop)")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="longest reply in tokens; longer ones are cut")
+    g.add_argument("--stop", nargs="*", default=[], help="stop strings that end a reply besides the EOS (default none)")
     g = p.add_argument_group("algorithm (defaults: the paper's GRPO baseline)")
-    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo",
-                   help="group-relative advantages, or a value head with GAE")
+    g.add_argument("--algo", choices=["grpo", "ppo"], default="grpo", help="group-relative advantages, or value + GAE")
     g.add_argument("--prompts-per-step", type=int, default=256, help="prompts per step over all ranks")
     g.add_argument("--group-size", type=int, default=8, help="samples per prompt (GRPO needs >= 2)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same one")
     g.add_argument("--clip", type=float, default=0.2, help="clip range of the importance ratio")
-    g.add_argument("--kl-coef", type=float, default=0.0,
-                   help="GRPO: weight of the k3 KL to the initial model in the loss; PPO: per-token KL penalty in the "
-                   "reward")
+    g.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL to the initial model: GRPO loss / PPO reward")
     g.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus")
     g.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's samples")
-    g.add_argument("--mini-batch-size", type=int, default=0,
-                   help="sequences per optimizer update over all ranks (0: the whole step, one update a pass)")
-    g.add_argument("--adv-eps", type=float, default=1e-6,
-                   help="GRPO: added to the group std (a zero-variance group gets advantage 0)")
+    g.add_argument("--mini-batch-size", type=int, default=0, help="sequences per update, all ranks (0: the step)")
+    g.add_argument("--adv-eps", type=float, default=1e-6, help="GRPO: added to the group std of the rewards")
     g = p.add_argument_group("PPO value head")
     g.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss")
-    g.add_argument("--vf-lr", type=float, default=1e-5, help="learning rate of the value head (the trunk keeps --lr)")
-    g.add_argument("--value-clip", type=float, default=0.2,
-                   help="clip range of the value update around the sampling-time values")
+    g.add_argument("--vf-lr", type=float, default=1e-5, help="learning rate of the value head (the trunk: --lr)")
+    g.add_argument("--value-clip", type=float, default=0.2, help="clip range of the values around the sampling ones")
     g.add_argument("--gamma", type=float, default=1.0, help="discount over response tokens")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-6, help="constant learning rate of the policy")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clip)")
     g.add_argument("--max-steps", type=int, default=200, help="RL steps")
     g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one rank")
-    g.add_argument("--pad-multiple", type=int, default=32,
-                   help="pad each training micro-batch's length and output-layer positions, and the sampler's "
-                   "prompts and attended cache, up to a multiple of this (as sft.py; 1: no rounding)")
-    g.add_argument("--sample-batch-rows", type=int, default=0,
-                   help="most rows the sampler decodes at once (0: all of a rank's share)")
+    g.add_argument("--pad-multiple", type=int, default=32, help="round batch lengths up to a multiple of this (1: no)")
+    g.add_argument("--sample-batch-rows", type=int, default=0, help="most rows the sampler decodes at once (0: all)")
     g = p.add_argument_group("system")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
-                   help="autocast dtype for sampling and training (weights and optimizer stay fp32)")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype (weights stay fp32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of every sample")
-    g.add_argument("--save-every", type=int, default=0,
-                   help="write OUT/step_N/ every this many steps (0: only OUT/final/)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the newest OUT/step_N/; an error if there is none")
-    g.add_argument("--overwrite", action="store_true",
-                   help="OUT holds another run (or checkpoints): delete its step_N/, final/ and log, and start over")
-    g.add_argument("--stop-after", type=int, default=0,
-                   help="leave the loop after this step without writing final/ (simulates a kill, for tests)")
-    g.add_argument("--eval-every", type=int, default=0,
-                   help="every this many steps print sampled replies and evaluate on --eval-data (0: never)")
+    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
+    g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
+    g.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (tests)")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-data every this many steps")
     g.add_argument("--eval-data", nargs="*", default=[], help="evaluation JSONL files (make_data.py's eval_*.jsonl)")
     g.add_argument("--eval-limit", type=int, default=16, help="records per evaluation file")
-    g.add_argument("--eval-temperature", type=float, default=0.5,
-                   help="sampling temperature of the evaluation (the paper: 0.5)")
-    g.add_argument("--log-every", type=int, default=1,
-                   help="print a log line every this many steps (log.jsonl gets every step)")
+    g.add_argument("--eval-temperature", type=float, default=0.5, help="sampling temperature of the evaluation")
+    g.add_argument("--log-every", type=int, default=1, help="print every this many steps (log.jsonl gets all)")
     return p
 
 
@@ -167,14 +135,6 @@ def check_args(args, world):
 
 # -----------------------------------------------------------------------------
 # the maths, as pure functions (B: sequences, G: groups, K: group size, R: response tokens, N: tokens)
-
-
-def masked_sum(x, mask):
-    return (x * mask).sum()
-
-
-def masked_mean(x, mask):
-    return masked_sum(x, mask) / mask.sum().clamp(min=1)
 
 
 def group_advantages(rewards_B, group_size, eps=1e-6):
@@ -252,16 +212,15 @@ def grpo_loss(logp_N, old_logp_N, adv_N, ref_logp_N, entropy_N, *, clip, kl_coef
                                    + beta (exp(d_it) - d_it - 1) ]                            k3 KL to the reference
                - scale * c_H * sum_{i,t} H_it                                                 entropy bonus
 
+        A_i = (R_i - mean_group R) / (std_group R + eps_adv)   (group_advantages, on every token of reply i)
         rho_it = exp(logp_it - old_logp_it)   (pi_theta / pi_old: 1 on the first update of a step)
         d_it = ref_logp_it - logp_it          (log pi_ref / pi_theta; KL term only with --kl-coef)
-        A_i = (R_i - mean_group R) / (std_group R + eps_adv)   (group_advantages, on every token of reply i)
         scale = world / (response tokens of the whole mini-batch on all ranks)   (sft.step_loss_scale)
 
-    `scale` is the token-level averaging: every response token of the mini-batch weighs the same
-    (DAPO's token-level normalisation rather than GRPO's mean per sequence), however the tokens are
-    split into micro-batches and ranks; the factor `world` undoes DDP's mean of gradients over
-    ranks. eps = --clip, beta = --kl-coef, c_H = --entropy-coef. Returns (loss, the per-token
-    pg_N, ratio_N, clipped_N and kl_N for the log)."""
+    `scale` makes every response token of the mini-batch weigh the same (DAPO's token-level
+    normalisation rather than GRPO's mean per sequence), however the tokens are split into
+    micro-batches and ranks; the factor `world` undoes DDP's mean of gradients over ranks.
+    eps = --clip, beta = --kl-coef, c_H = --entropy-coef. Returns (loss, the per-token terms)."""
     pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_logp_N, adv_N, clip)
     loss = pg_N.sum()
     if entropy_coef:
@@ -283,8 +242,7 @@ def ppo_loss(logp_N, old_logp_N, adv_N, values_N, old_values_N, returns_N, entro
 
     with A_t the whitened GAE advantages, G_t = A_t + V_old_t the returns (gae) and V_t^clip within
     V_old_t +- --value-clip. The KL to the reference is a per-token reward here (ppo_token_rewards),
-    not a loss term; `scale` as in grpo_loss. Returns (loss, the per-token pg_N, ratio_N, clipped_N
-    and vf_N for the log)."""
+    not a loss term; `scale` as in grpo_loss. Returns (loss, the per-token terms)."""
     pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_logp_N, adv_N, clip)
     loss = pg_N.sum()
     if entropy_coef:
@@ -298,38 +256,29 @@ def ppo_loss(logp_N, old_logp_N, adv_N, values_N, old_values_N, returns_N, entro
 
 
 class Policy(nn.Module):
-    """forward(ids_BT, keep_BT) -> (logits_NV, values_N or None) at the `keep_BT` positions.
+    """forward(ids_BT, kept_BT) -> (logits_KV, values_K or None) at the `kept_BT` positions.
     Wrapping the LM and the head in one module lets DDP all-reduce both in one backward."""
 
     def __init__(self, lm, value_head=None):
         super().__init__()
         self.lm, self.value_head = lm, value_head
 
-    def forward(self, ids_BT, keep_BT):
+    def forward(self, ids_BT, kept_BT):
         # right padding + causal attention: real tokens never see the pads, so no attention mask
         if self.value_head is None:
-            return self.lm(input_ids=ids_BT, logits_to_keep=keep_BT).logits, None
-        h_NH = self.lm.get_decoder()(input_ids=ids_BT).last_hidden_state[keep_BT]
-        return self.lm.get_output_embeddings()(h_NH), self.value_head(h_NH).squeeze(-1).float()
+            return self.lm(input_ids=ids_BT, logits_to_keep=kept_BT).logits, None
+        h_KH = self.lm.get_decoder()(input_ids=ids_BT).last_hidden_state[kept_BT]
+        return self.lm.get_output_embeddings()(h_KH), self.value_head(h_KH).squeeze(-1).float()
 
 
-def make_value_head(lm):
-    head = nn.Linear(lm.config.hidden_size, 1)
-    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # starts at V = 0 and sends no gradient into the trunk
-    return head.to(next(lm.parameters()).device)
-
-
-def response_logprobs(model, ids_BT, resp_mask_BT, temperature, dtype, device, multiple=1):
-    """(logp_N, logits_NV, values_N) of the response tokens, log-probs under log_softmax(logits / T)
-    exactly as the sampler computes them; N runs over the rows' response tokens in order. The output
-    layer runs on a multiple of `multiple` positions (sft.pad_kept)."""
-    keep_BT, targets_N = sft.supervised_positions(ids_BT, resp_mask_BT)
-    kept_BT, real_K = sft.pad_kept(keep_BT, multiple)
-    with autocast_ctx(device, dtype):
-        logits_NV, values_N = model(ids_BT, kept_BT)
-    logits_NV, values_N = logits_NV[real_K], None if values_N is None else values_N[real_K]
+def response_logprobs(model, mb, temperature, dtype):
+    """(logp_N, logits_NV, values_N) of a MicroBatch's response tokens, log-probs under
+    log_softmax(logits / T) exactly as the sampler computes them; N runs over the rows' tokens in order."""
+    with autocast_ctx(mb.ids_BT.device, dtype):
+        logits_KV, values_K = model(mb.ids_BT, mb.kept_BT)
+    logits_NV, values_N = logits_KV[mb.real_K], None if values_K is None else values_K[mb.real_K]
     logits_NV = logits_NV.float() / temperature
-    return -F.cross_entropy(logits_NV, targets_N, reduction="none"), logits_NV, values_N
+    return -F.cross_entropy(logits_NV, mb.targets_N, reduction="none"), logits_NV, values_N
 
 
 @dataclass
@@ -337,7 +286,7 @@ class Models:
     """What rl.py samples with and trains."""
 
     lm: nn.Module  # the language model; the sampler gets it unwrapped
-    ref: nn.Module  # the frozen initial model (--kl-coef), or None
+    ref: Policy  # the frozen initial model (--kl-coef), or None
     head: nn.Module  # PPO's value head, or None
     policy: Policy  # lm + head in one module
     model: nn.Module  # policy, DDP-wrapped on several ranks (the loss forward goes through it: backward all-reduces)
@@ -351,11 +300,15 @@ def build_models(args, resume_from, world, local_rank, device):
     wrapper and the optimizers."""
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
     # whole run, the loss forwards included (autograd does not need train mode), so the forward that
-    # computes the loss is the forward that sampled; the sampler puts the model in eval mode anyway.
+    # computes the loss is the forward that sampled.
     lm = load_model(resume_from or args.model, "fp32", device).eval()
     lm.config.use_cache = False
-    ref = load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
-    head = make_value_head(lm) if args.algo == "ppo" else None
+    ref = Policy(load_model(args.model, "fp32", device).eval().requires_grad_(False)) if args.kl_coef > 0 else None
+    head = None
+    if args.algo == "ppo":
+        head = nn.Linear(lm.config.hidden_size, 1)
+        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # starts at V = 0, no gradient into the trunk
+        head = head.to(next(lm.parameters()).device)
     policy = Policy(lm, head).eval()
     model = policy
     if world > 1:
@@ -367,7 +320,7 @@ def build_models(args, resume_from, world, local_rank, device):
     return Models(lm, ref, head, policy, model, params, optimizer, head_optimizer)
 
 # -----------------------------------------------------------------------------
-# data: prompts, which prompts a step uses, batches of rows
+# data: prompts, which prompts a step uses, micro-batches of rows
 
 
 def read_prompts(args):
@@ -405,197 +358,309 @@ def step_prompts(n_records, prompts_per_step, seed, step):
     return out
 
 
-def collate(batch, rows, pad_id, device, multiple=1):
-    """(ids_BT, resp_mask_BT) of rows `rows` of the batch: prompt + response, right-padded to a multiple
-    of `multiple` (sft.pad_length: a few shapes keep a CPU's memory flat); the mask marks response positions."""
-    seqs = [batch["prompt"][i] + batch["response"][i] for i in rows]
+class MicroBatch(NamedTuple):
+    """Rows of a rollout as the training forward takes them."""
+    ids_BT: torch.Tensor  # prompt + response, right-padded
+    kept_BT: torch.Tensor  # the positions the output layer runs on: before each response token, and a few more
+    real_K: object  # which kept positions are before a response token: x_K[real_K] (a bool index, or slice(None))
+    targets_N: torch.Tensor  # the response tokens, rows in order
+
+
+def collate(ro, rows, pad_id, device, multiple=1):
+    """The MicroBatch of rows `rows` of a rollout (anything with .prompt and .response token lists).
+    --pad-multiple lives here: the length and the number of positions the output layer runs on are
+    rounded up to a multiple of `multiple` (sft.pad_length, sft.pad_kept), so a CPU meets few shapes."""
+    seqs = [ro.prompt[i] + ro.response[i] for i in rows]
     T = sft.pad_length(max(len(s) for s in seqs), multiple)
     ids_BT = torch.full((len(rows), T), pad_id, dtype=torch.long)
     resp_mask_BT = torch.zeros((len(rows), T), dtype=torch.bool)
     for b, (i, s) in enumerate(zip(rows, seqs)):
         ids_BT[b, :len(s)] = torch.tensor(s)
-        resp_mask_BT[b, len(batch["prompt"][i]):len(s)] = True
-    return ids_BT.to(device), resp_mask_BT.to(device)
-
-
-def to_rows(x_N, rows, lengths_B, R):
-    """Scatter a flat per-token vector (rows' responses in order) into a (len(rows), R) tensor."""
-    mask_bR = torch.arange(R)[None, :] < torch.tensor([lengths_B[i] for i in rows])[:, None]
-    out_bR = torch.zeros(len(rows), R, dtype=x_N.dtype)
-    out_bR[mask_bR] = x_N.detach().cpu()
-    return out_bR
+        resp_mask_BT[b, len(ro.prompt[i]):len(s)] = True
+    ids_BT = ids_BT.to(device)
+    keep_BT, targets_N = sft.supervised_positions(ids_BT, resp_mask_BT.to(device))
+    return MicroBatch(ids_BT, *sft.pad_kept(keep_BT, multiple), targets_N)
 
 
 def split_rows(rows, size):
     """Consecutive micro-batches of at most `size` rows."""
     return [rows[j:j + size] for j in range(0, len(rows), size)]
 
+
+def scatter(chunks_N, mask_BR):
+    """Per-token vectors of consecutive rows (each row's response tokens in order) as one (B, R) tensor
+    on CPU, 0 off the mask."""
+    x_BR = torch.zeros(mask_BR.shape, dtype=chunks_N[0].dtype)
+    x_BR[mask_BR] = torch.cat(chunks_N).cpu()
+    return x_BR
+
 # -----------------------------------------------------------------------------
-# the RL step: rollout -> advantages -> update. `batch` is the step's buffer on this rank: per-row
-# lists from the rollout, then (B, R) tensors on CPU (R: the longest response)
+# checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
 
 
-def rollout(lm, tokenizer, prompts, metas, args, seed, device, reward_fn, correct_fn):
-    """Sample `group_size` replies per prompt and score them: row i is reply i % K to prompt i // K.
-    Returns the batch: per-row lists, the response mask mask_BR and the scores score_B."""
-    with autocast_ctx(device, args.dtype):
-        out = sample(lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, stop_strings=args.stop, tokenizer=tokenizer, seed=seed,
+def save_rl_checkpoint(run, name, step):
+    """OUT/name/: the LM, its optimizer and (PPO) the value head; collective, every rank calls it."""
+    # the value head is written before save_checkpoint writes trainer_state.pt (what marks a
+    # checkpoint complete for --resume), so a complete step_N/ always has its head
+    args, models, master = run.args, run.models, run.rank == 0
+    pending = os.path.join(args.out, f".{name}.value_head.pt")
+    if models.head is not None and master:
+        os.makedirs(args.out, exist_ok=True)
+        torch.save({"head": models.head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, pending)
+    save_checkpoint(args.out, name, models.lm, run.tokenizer, models.optimizer, None, step, args, run.rank)
+    if models.head is not None and master:
+        os.replace(pending, os.path.join(args.out, name, "value_head.pt"))
+
+
+def resume_training(models, resume_from, out_dir, device):
+    """The optimizer state (and PPO's value head, in the checkpoint or still pending beside it) of a
+    checkpoint; returns its step."""
+    state = load_trainer_state(resume_from, models.lm, models.optimizer)
+    if models.head is not None:
+        path = os.path.join(resume_from, "value_head.pt")
+        if not os.path.isfile(path):
+            path = os.path.join(out_dir, f".{os.path.basename(resume_from)}.value_head.pt")
+        saved = torch.load(path, map_location=device, weights_only=False)
+        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
+    return state["step"]
+
+
+def check_replicas(params, world, device, master):
+    """DDP keeps replicas identical; say so rather than assume it."""
+    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
+    all_sums = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(all_sums, checksum)
+    if master:
+        print(f"ranks in sync: {all(torch.equal(all_sums[0], c) for c in all_sums)}")
+
+# -----------------------------------------------------------------------------
+# setup: refuse bad input, then load the prompts and build the models
+
+
+@dataclass
+class Run:
+    """What setup() resolves and the loop reads."""
+
+    args: argparse.Namespace  # the flags, --model resolved to a directory
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    prompts: list  # every record's prompt token ids
+    metas: list  # every record's meta, what the rewards read
+    models: Models
+    local_mini: int  # rows of a mini-batch on this rank
+    prepass: bool  # whether a no-grad pass records the old log-probs
+    start_step: int  # 0, or the step of the checkpoint resumed from
+    reward_fn: object  # reward(reply, meta), eval.py's unless a test injects one
+    correct_fn: object  # is_correct(reply, meta), likewise
+
+
+def setup(args, reward_fn, correct_fn):
+    """Refuse bad input before any work, build the models (restored with --resume), write OUT/config.json."""
+    rank, world, local_rank, device = setup_distributed()
+    master = rank == 0
+    mini = check_args(args, world)
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
+    # the data and OUT are checked before any model is loaded or OUT is touched
+    check_out_dir(args.out)
+    args = argparse.Namespace(**dict(vars(args), model=resolve_model(args.model)))  # 'smollm2' -> its directory
+    records = read_prompts(args)
+    task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
+    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
+    tokenizer = load_tokenizer(args.model)  # a missing model is refused before OUT is touched
+    prepare_run_dir(args.out, args.overwrite, master, world)
+    prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
+
+    models = build_models(args, resume_from, world, local_rank, device)
+    start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
+    updates = args.ppo_epochs * (args.prompts_per_step * args.group_size // mini)
+    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
+                  mini_batch_size_resolved=mini, updates_per_step=updates, n_prompts=len(records),
+                  n_params=sum(p.numel() for p in models.params), longest_prompt=max(len(p) for p in prompts))
+    if master:
+        print(json.dumps(config, indent=1))
+        start_run_files(args.out, config, start_step)
+    # one update a step (GRPO's default) and neither a reference nor a value head: the policy being
+    # updated is the one that sampled, so the update's own log-probs, detached, are the old ones and the
+    # ratio is exactly 1. Otherwise a no-grad pre-pass records them (sampling_logprobs).
+    prepass = updates > 1 or models.ref is not None or models.head is not None
+    return Run(args, rank, world, device, tokenizer, prompts, [r["meta"] for r in records], models, mini // world,
+               prepass, start_step, reward_fn, correct_fn)
+
+# -----------------------------------------------------------------------------
+# the RL step: rollout -> old / reference log-probs -> advantages -> update -> log
+
+
+@dataclass
+class Rollout:
+    """This rank's samples of one step, row i being reply i % K to prompt i // K, and the per-token
+    (B, R) tensors the update reads (CPU; R: the longest reply), None until computed or where unused."""
+
+    prompt: list  # token ids of each row's prompt
+    response: list  # token ids of each reply
+    text: list  # each reply, decoded
+    sampler_logp: list  # the sampler's log-probs of each reply's tokens
+    truncated: list  # whether the reply hit --max-new-tokens
+    reward: list
+    correct: list
+    mask_BR: torch.Tensor  # the response tokens
+    score_B: torch.Tensor  # the rewards
+    old_logp_BR: torch.Tensor = None  # the policy that sampled (None: the update's own forward, detached)
+    ref_logp_BR: torch.Tensor = None  # the frozen reference (--kl-coef)
+    old_values_BR: torch.Tensor = None  # PPO: the values at sampling time
+    adv_BR: torch.Tensor = None
+    returns_BR: torch.Tensor = None  # PPO: the GAE returns
+
+
+def rollout(run, idx, seed):
+    """`group_size` scored replies to each of the records `idx`, from the sampler with the unwrapped LM."""
+    args, prompts = run.args, [run.prompts[i] for i in idx]
+    with autocast_ctx(run.device, args.dtype):
+        out = sample(run.models.lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, stop_strings=args.stop, tokenizer=run.tokenizer, seed=seed,
                      return_logprobs=True, max_batch_rows=args.sample_batch_rows or None,
                      pad_multiple=args.pad_multiple)
-    metas_B = [m for m in metas for _ in range(args.group_size)]
+    metas_B = [run.metas[i] for i in idx for _ in range(args.group_size)]
     lengths = [len(r) for r in out.ids]
-    rewards = [float(reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
-    return dict(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
-                sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
-                correct=[bool(correct_fn(t, m)) for t, m in zip(out.texts, metas_B)], lengths=lengths,
-                mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
-                score_B=torch.tensor(rewards, dtype=torch.float32),
-                old_logp_BR=None, ref_logp_BR=None, old_values_BR=None)
+    rewards = [float(run.reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
+    return Rollout(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
+                   sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
+                   correct=[bool(run.correct_fn(t, m)) for t, m in zip(out.texts, metas_B)],
+                   mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
+                   score_B=torch.tensor(rewards, dtype=torch.float32))
 
 
 @torch.no_grad()
-def sampling_logprobs(models, batch, args, pad_id, device):
-    """The pre-pass: per-token log-probs (and PPO's values) of the policy that sampled, and the
-    reference's log-probs, in one no-grad pass with the training micro-batches and dtype."""
-    B, R = batch["mask_BR"].shape
-    old_logp_BR, ref_logp_BR, old_values_BR = (torch.zeros(B, R) for _ in range(3))
-    for rows in split_rows(list(range(B)), args.micro_batch_size):
-        ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
-        logp_N, _, values_N = response_logprobs(models.policy, ids_BT, resp_BT, args.temperature, args.dtype, device,
-                                                args.pad_multiple)
-        old_logp_BR[rows] = to_rows(logp_N, rows, batch["lengths"], R)
-        if values_N is not None:
-            old_values_BR[rows] = to_rows(values_N, rows, batch["lengths"], R)
+def sampling_logprobs(run, ro):
+    """The rollout with the log-probs of the policy that sampled (PPO: and its values) and of the
+    reference, from one no-grad pass with the training micro-batches and dtype."""
+    args, models = run.args, run.models
+    logp, values, ref = [], [], []
+    for rows in split_rows(list(range(len(ro.response))), args.micro_batch_size):
+        mb = collate(ro, rows, run.tokenizer.pad_token_id, run.device, args.pad_multiple)
+        logp_N, _, values_N = response_logprobs(models.policy, mb, args.temperature, args.dtype)
+        logp.append(logp_N), values.append(values_N)
         if models.ref is not None:
-            ref_N, _, _ = response_logprobs(Policy(models.ref), ids_BT, resp_BT, args.temperature, args.dtype, device,
-                                            args.pad_multiple)
-            ref_logp_BR[rows] = to_rows(ref_N, rows, batch["lengths"], R)
-    return dict(old_logp_BR=old_logp_BR, ref_logp_BR=ref_logp_BR if models.ref is not None else None,
-                old_values_BR=old_values_BR if models.head is not None else None)
+            ref.append(response_logprobs(models.ref, mb, args.temperature, args.dtype)[0])
+    return replace(ro, old_logp_BR=scatter(logp, ro.mask_BR), ref_logp_BR=scatter(ref, ro.mask_BR) if ref else None,
+                   old_values_BR=scatter(values, ro.mask_BR) if models.head is not None else None)
 
 
-def advantages(batch, args, world, device):
-    """adv_BR per response token, returns_BR (PPO) and zero_var (GRPO: the share of groups whose
-    rewards are all equal). GRPO: each reply's group-relative advantage on all of its tokens. PPO:
-    GAE over per-token rewards (the score on the last token, -kl_coef x KL on each), whitened with
-    the mean and variance over every rank's tokens."""
-    mask_BR, score_B = batch["mask_BR"], batch["score_B"]
-    if args.algo == "grpo":
-        adv_B, zero_var_G = group_advantages(score_B, args.group_size, args.adv_eps)
-        return dict(adv_BR=adv_B[:, None] * mask_BR, returns_BR=None, zero_var=zero_var_G.float().mean().item())
-    old_logp_BR, ref_logp_BR = batch["old_logp_BR"], batch["ref_logp_BR"]
-    kl_BR = old_logp_BR - ref_logp_BR if ref_logp_BR is not None else torch.zeros(mask_BR.shape)
-    rewards_BR = ppo_token_rewards(score_B, kl_BR, mask_BR, args.kl_coef)
-    adv_BR, returns_BR = gae(rewards_BR, batch["old_values_BR"], mask_BR, args.gamma, args.lam)
-    sums = [masked_sum(adv_BR, mask_BR).item(), masked_sum(adv_BR ** 2, mask_BR).item(), mask_BR.sum().item()]
+def ppo_advantages(ro, args, world, device):
+    """The rollout with PPO's advantages: GAE over per-token rewards (the score on the last token,
+    -kl_coef x KL on each), whitened with the mean and variance over every rank's tokens."""
+    mask_BR = ro.mask_BR
+    kl_BR = ro.old_logp_BR - ro.ref_logp_BR if ro.ref_logp_BR is not None else torch.zeros(mask_BR.shape)
+    rewards_BR = ppo_token_rewards(ro.score_B, kl_BR, mask_BR, args.kl_coef)
+    adv_BR, returns_BR = gae(rewards_BR, ro.old_values_BR, mask_BR, args.gamma, args.lam)
+    sums = [(adv_BR * mask_BR).sum().item(), (adv_BR ** 2 * mask_BR).sum().item(), mask_BR.sum().item()]
     total, total_sq, n_tokens = all_reduce_sum(sums, world, device)
     mean = total / n_tokens
-    return dict(adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR,
-                zero_var=0.0)
+    return replace(ro, adv_BR=whiten(adv_BR, mask_BR, mean, total_sq / n_tokens - mean ** 2), returns_BR=returns_BR)
 
 
-def micro_batch_loss(model, batch, rows, scale, args, pad_id, device):
-    """The objective of rows `rows` (grpo_loss or ppo_loss), through `model` (the DDP wrapper on
-    several ranks), and its per-token parts for the log."""
-    ids_BT, resp_BT = collate(batch, rows, pad_id, device, args.pad_multiple)
-    logp_N, logits_NV, values_N = response_logprobs(model, ids_BT, resp_BT, args.temperature, args.dtype, device,
-                                                    args.pad_multiple)
-    mask_bR = batch["mask_BR"][rows]
-    tokens = lambda x_BR: x_BR[rows][mask_bR].to(device)  # a (B, R) buffer -> these rows' response tokens
-    # without a pre-pass (one update a step, no reference, no value head) the policy being trained is
-    # the one that sampled: its own log-probs, detached, are the old ones and the ratio is exactly 1
-    old_logp_N = logp_N.detach() if batch["old_logp_BR"] is None else tokens(batch["old_logp_BR"])
+def micro_batch_loss(run, ro, rows, scale):
+    """The objective of rows `rows` (grpo_loss or ppo_loss) through run.models.model (the DDP wrapper
+    on several ranks), and its per-token terms for the log."""
+    args = run.args
+    mb = collate(ro, rows, run.tokenizer.pad_token_id, run.device, args.pad_multiple)
+    logp_N, logits_NV, values_N = response_logprobs(run.models.model, mb, args.temperature, args.dtype)
+    mask_bR = ro.mask_BR[rows]
+    tokens = lambda x_BR: x_BR[rows][mask_bR].to(run.device)  # a (B, R) buffer -> these rows' response tokens
+    old_logp_N = logp_N.detach() if ro.old_logp_BR is None else tokens(ro.old_logp_BR)
     with (contextlib.nullcontext() if args.entropy_coef else torch.no_grad()):  # logged either way
         entropy_N = token_entropy(logits_NV)
     if args.algo == "grpo":
-        ref_logp_N = tokens(batch["ref_logp_BR"]) if batch["ref_logp_BR"] is not None else None
-        loss, parts = grpo_loss(logp_N, old_logp_N, tokens(batch["adv_BR"]), ref_logp_N, entropy_N, clip=args.clip,
+        ref_logp_N = tokens(ro.ref_logp_BR) if ro.ref_logp_BR is not None else None
+        loss, terms = grpo_loss(logp_N, old_logp_N, tokens(ro.adv_BR), ref_logp_N, entropy_N, clip=args.clip,
                                 kl_coef=args.kl_coef, entropy_coef=args.entropy_coef, scale=scale)
     else:
-        loss, parts = ppo_loss(logp_N, old_logp_N, tokens(batch["adv_BR"]), values_N, tokens(batch["old_values_BR"]),
-                               tokens(batch["returns_BR"]), entropy_N, clip=args.clip, value_clip=args.value_clip,
+        loss, terms = ppo_loss(logp_N, old_logp_N, tokens(ro.adv_BR), values_N, tokens(ro.old_values_BR),
+                               tokens(ro.returns_BR), entropy_N, clip=args.clip, value_clip=args.value_clip,
                                vf_coef=args.vf_coef, entropy_coef=args.entropy_coef, scale=scale)
-    return loss, dict(parts, logp_N=logp_N.detach(), old_logp_N=old_logp_N, entropy_N=entropy_N)
+    return loss, dict(terms, logp_N=logp_N.detach(), old_logp_N=old_logp_N, entropy_N=entropy_N)
 
 
-STAT_KEYS = ("pg_loss", "vf_loss", "entropy", "kl_ref", "approx_kl", "clip_frac", "logp_sampler_diff", "tokens",
-             "first_tokens")
+@dataclass
+class Stats:
+    """This rank's sums over the step's trained tokens, for the log."""
+
+    pg_loss: float = 0.0
+    vf_loss: float = 0.0
+    entropy: float = 0.0
+    kl_ref: float = 0.0
+    approx_kl: float = 0.0
+    clip_frac: float = 0.0
+    logp_sampler_diff: float = 0.0  # over the first mini-batch's tokens, trained by the policy that sampled
+    tokens: float = 0.0
+    first_tokens: float = 0.0
+
+    def add(self, terms):
+        """Add one micro-batch's per-token terms."""
+        if terms.get("kl_N") is not None:
+            self.kl_ref += terms["kl_N"].sum().item()
+        if "vf_N" in terms:
+            self.vf_loss += terms["vf_N"].sum().item()
+        self.pg_loss += terms["pg_N"].sum().item()
+        self.entropy += terms["entropy_N"].sum().item()
+        self.approx_kl += k3_kl(terms["old_logp_N"], terms["logp_N"]).sum().item()
+        self.clip_frac += terms["clipped_N"].sum().item()
+        self.tokens += len(terms["logp_N"])
 
 
-def update(models, batch, args, local_mini, seed, world, device, pad_id):
-    """--ppo-epochs passes over the batch, each cut into mini-batches of `local_mini` rows per rank;
-    one optimizer step per mini-batch. Returns (stats: this rank's token sums, the grad norms,
-    ratio_dev_first: the largest |ratio - 1| of the first mini-batch, 0 when all is well)."""
-    mask_BR, B = batch["mask_BR"], len(batch["mask_BR"])
-    stats = dict.fromkeys(STAT_KEYS, 0.0)
-    if args.algo == "ppo" and batch["ref_logp_BR"] is not None:  # the KL that entered the rewards
-        stats["kl_ref"] = masked_sum(batch["old_logp_BR"] - batch["ref_logp_BR"], mask_BR).item()
-    grad_norms, ratio_dev_first = [], None
+def update(run, ro, seed):
+    """--ppo-epochs passes over the rollout, each cut into mini-batches of run.local_mini rows; one
+    optimizer step (global gradient norm clipped) per mini-batch. Returns (this rank's Stats, the grad
+    norms, ratio_dev_first: the largest |ratio - 1| of the first mini-batch, 0 when all is well)."""
+    args, models, world, device, B = run.args, run.models, run.world, run.device, len(ro.mask_BR)
+    stats, grad_norms, ratio_dev_first = Stats(), [], None
+    if args.algo == "ppo" and ro.ref_logp_BR is not None:  # the KL that entered the rewards
+        stats.kl_ref = ((ro.old_logp_BR - ro.ref_logp_BR) * ro.mask_BR).sum().item()
     for epoch in range(args.ppo_epochs):
         # pass 0 keeps the rows in the pre-pass's order, so the first mini-batch's micro-batches are the
         # very tensors whose old log-probs were recorded (ratio exactly 1); later passes reshuffle
         order = list(range(B))
         if epoch:
             order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        for start in range(0, B, local_mini):
-            minibatch = order[start:start + local_mini]
-            n_tokens, = all_reduce_sum([int(mask_BR[minibatch].sum())], world, device)
+        for start in range(0, B, run.local_mini):
+            minibatch = order[start:start + run.local_mini]
+            n_tokens, = all_reduce_sum([int(ro.mask_BR[minibatch].sum())], world, device)
             scale = sft.step_loss_scale(n_tokens, world)  # token-level averaging over the mini-batch, all ranks
             micro_batches = split_rows(minibatch, args.micro_batch_size)
             for k, rows in enumerate(micro_batches):
                 with grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
-                    loss, parts = micro_batch_loss(models.model, batch, rows, scale, args, pad_id, device)
+                    loss, terms = micro_batch_loss(run, ro, rows, scale)
                     loss.backward()
                 if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler
-                    dev = (parts["ratio_N"].detach() - 1).abs().max().item()
+                    dev = (terms["ratio_N"].detach() - 1).abs().max().item()
                     ratio_dev_first = dev if ratio_dev_first is None else max(ratio_dev_first, dev)
-                    sampler_N = torch.cat([batch["sampler_logp"][i] for i in rows]).to(device)
-                    stats["logp_sampler_diff"] += (parts["logp_N"] - sampler_N).abs().sum().item()
-                    stats["first_tokens"] += len(parts["logp_N"])
-                add_token_stats(stats, parts)
-            grad_norms.append(optimizer_step(models, args.grad_clip))
+                    sampler_N = torch.cat([ro.sampler_logp[i] for i in rows]).to(device)
+                    stats.logp_sampler_diff += (terms["logp_N"] - sampler_N).abs().sum().item()
+                    stats.first_tokens += len(terms["logp_N"])
+                stats.add(terms)
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(models.params, args.grad_clip or float("inf"))))
+            for optimizer in (models.optimizer, models.head_optimizer):
+                if optimizer is not None:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
     return stats, grad_norms, ratio_dev_first
 
 
-def add_token_stats(stats, parts):
-    """Add one micro-batch's per-token sums to the step's stats."""
-    if parts.get("kl_N") is not None:
-        stats["kl_ref"] += parts["kl_N"].sum().item()
-    if "vf_N" in parts:
-        stats["vf_loss"] += parts["vf_N"].sum().item()
-    stats["pg_loss"] += parts["pg_N"].sum().item()
-    stats["entropy"] += parts["entropy_N"].sum().item()
-    stats["approx_kl"] += k3_kl(parts["old_logp_N"], parts["logp_N"]).sum().item()
-    stats["clip_frac"] += parts["clipped_N"].sum().item()
-    stats["tokens"] += len(parts["logp_N"])
-
-
-def optimizer_step(models, grad_clip):
-    """Clip the global gradient norm, step the policy's (and the value head's) optimizer; returns the norm."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(models.params, grad_clip if grad_clip > 0 else float("inf"))
-    models.optimizer.step()
-    models.optimizer.zero_grad(set_to_none=True)
-    if models.head_optimizer is not None:
-        models.head_optimizer.step()
-        models.head_optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
-
-
-def log_row(step, batch, learned, times, signum, n_prompts, args, world, device):
+def log_row(run, step, ro, zero_var, learned, times, signum):
     """The step's log line, from sums over ranks: rewards per reply, token stats per trained token
     (first-pass stats per token of the step); and the all-reduced signal flag."""
-    stats, grad_norms, ratio_dev_first = learned
-    B = len(batch["response"])
-    keys = list(stats) + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups", "step_tokens",
-                          "signalled"]
-    sums = all_reduce_sum([stats[k] for k in stats] + [
-        sum(batch["reward"]), sum(batch["correct"]), sum(batch["lengths"]), sum(batch["truncated"]), B,
-        batch["zero_var"] * (B // args.group_size), float(batch["mask_BR"].sum()), signum], world, device)
+    args, (stats, grad_norms, ratio_dev_first) = run.args, learned
+    B = len(ro.response)
+    keys = [f.name for f in fields(stats)] + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups",
+                                              "step_tokens", "signalled"]
+    sums = all_reduce_sum(list(astuple(stats)) + [
+        sum(ro.reward), sum(ro.correct), sum(len(r) for r in ro.response), sum(ro.truncated), B,
+        zero_var * (B // args.group_size), float(ro.mask_BR.sum()), signum], run.world, run.device)
     total = dict(zip(keys, sums))
     per_token = lambda k: total[k] / max(total["tokens"], 1)
     kl_tokens = total["step_tokens"] if args.algo == "ppo" else total["tokens"]  # PPO's KL is the sampling policy's
-    row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / n_prompts, 3),
+    row = {"step": step + 1, "epoch": round((step + 1) * args.prompts_per_step / len(run.prompts), 3),
            "reward": total["reward"] / total["rows"], "accuracy": total["correct"] / total["rows"],
            "response_length": total["length"] / total["rows"], "truncated": total["truncated"] / total["rows"],
            "kl_ref": total["kl_ref"] / max(kl_tokens, 1), "approx_kl": per_token("approx_kl"),
@@ -610,72 +675,34 @@ def log_row(step, batch, learned, times, signum, n_prompts, args, world, device)
     return row, total["signalled"]
 
 
-def log_line(row, args, times):
+def log_line(row, args):
     extra = f"zero_var {row['zero_var_groups']:.2f}" if args.algo == "grpo" else f"vf_loss {row['vf_loss']:.4f}"
     return (f"step {row['step']}/{args.max_steps} reward {row['reward']:.3f} acc {row['accuracy']:.3f} "
             f"len {row['response_length']:.1f} cut {row['truncated']:.2f} kl {row['kl_ref']:.4f} "
             f"clip {row['clip_frac']:.3f} ent {row['entropy']:.3f} gnorm {row['grad_norm']:.3f} {extra} "
-            f"time {times[0]:.1f}s+{times[1]:.1f}s")
-
-# -----------------------------------------------------------------------------
-# checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
-
-
-def save_rl_checkpoint(out_dir, name, models, tokenizer, step, args, rank):
-    # the value head is written before save_checkpoint writes trainer_state.pt (what marks a
-    # checkpoint complete for --resume), so a complete step_N/ always has its head
-    head = models.head
-    if head is not None and rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        tmp = os.path.join(out_dir, f".{name}.value_head.pt")
-        torch.save({"head": head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, tmp)
-    save_checkpoint(out_dir, name, models.lm, tokenizer, models.optimizer, None, step, args, rank)
-    if head is not None and rank == 0:
-        os.replace(os.path.join(out_dir, f".{name}.value_head.pt"), os.path.join(out_dir, name, "value_head.pt"))
-
-
-def value_head_file(ckpt_dir, out_dir):
-    inside = os.path.join(ckpt_dir, "value_head.pt")
-    pending = os.path.join(out_dir, f".{os.path.basename(ckpt_dir)}.value_head.pt")
-    return inside if os.path.isfile(inside) else pending
-
-
-def resume_training(models, resume_from, out_dir, device):
-    """The optimizer state (and PPO's value head) of a checkpoint; returns its step."""
-    state = load_trainer_state(resume_from, models.lm, models.optimizer)
-    if models.head is not None:
-        saved = torch.load(value_head_file(resume_from, out_dir), map_location=device, weights_only=False)
-        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
-    return state["step"]
-
-
-def check_replicas(params, world, device, master):
-    """DDP keeps replicas identical; say so rather than assume it."""
-    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in params))], dtype=torch.float64, device=device)
-    all_sums = [torch.zeros_like(checksum) for _ in range(world)]
-    dist.all_gather(all_sums, checksum)
-    if master:
-        print(f"ranks in sync: {all(torch.equal(all_sums[0], c) for c in all_sums)}")
+            f"time {row['sample_s']:.1f}s+{row['learn_s']:.1f}s")
 
 # -----------------------------------------------------------------------------
 # evaluation hook (rank 0 only, the unwrapped model)
 
 
-def evaluate_now(lm, tokenizer, args, device, step, batch, correct_fn):
+def evaluate_now(run, step, ro):
     """--eval-every: print a few of the step's replies, then score each --eval-data file: the first
     move's accuracy, and eval.py's environment evaluation (multi-turn for Sokoban)."""
+    args, lm, tokenizer = run.args, run.models.lm, run.tokenizer
     lines = [f"--- step {step}: sampled replies"]
-    for i in range(0, min(len(batch["text"]), 3 * args.group_size), args.group_size):
-        lines.append(f"[reward {batch['reward'][i]:+.1f}] {batch['text'][i][:300]!r}")
+    for i in range(0, min(len(ro.text), 3 * args.group_size), args.group_size):
+        lines.append(f"[reward {ro.reward[i]:+.1f}] {ro.text[i][:300]!r}")
     scores = {}
     for path in args.eval_data:
         records = read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
-        with autocast_ctx(device, args.dtype):
+        with autocast_ctx(run.device, args.dtype):
             texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
                            stop_strings=args.stop, tokenizer=tokenizer, seed=args.seed).texts
         name = os.path.splitext(os.path.basename(path))[0]
-        scores[f"{name}_first_move_acc"] = float(np.mean([correct_fn(t, r["meta"]) for t, r in zip(texts, records)]))
+        correct = [run.correct_fn(t, r["meta"]) for t, r in zip(texts, records)]
+        scores[f"{name}_first_move_acc"] = float(np.mean(correct))
         task = records[0]["meta"].get("task") if records else None
         if task in ENV_EVALUATORS:
             variant = records[0]["meta"]["variant"]
@@ -692,83 +719,55 @@ def evaluate_now(lm, tokenizer, args, device, step, batch, correct_fn):
 
 
 def main(argv=None, reward_fn=None, correct_fn=None):
-    """Run RL; returns rank 0's log rows. `reward_fn(reply, meta)` / `correct_fn` default to
+    """Run RL; returns rank 0's log rows. `reward_fn(reply, meta)` / `correct_fn` default to eval.py's
     reward / is_correct (tests inject toy ones)."""
-    args = get_parser().parse_args(argv)
-    reward_fn, correct_fn = reward_fn or reward, correct_fn or is_correct
-    rank, world, local_rank, device = setup_distributed()
-    master = rank == 0
-    mini = check_args(args, world)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
-    # the data and OUT are checked before any model is loaded or OUT is touched
-    check_out_dir(args.out)
-    args.model = resolve_model(args.model)
-    records = read_prompts(args)
-    task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
-    resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
-    tokenizer = load_tokenizer(args.model)  # a missing model is refused before OUT is touched
-    prepare_run_dir(args.out, args.overwrite, master, world)
-    prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])  # one batched tokenizer call
-
-    models = build_models(args, resume_from, world, local_rank, device)
-    start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
-    local_prompts = args.prompts_per_step // world
-    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
-                  mini_batch_size_resolved=mini,
-                  updates_per_step=args.ppo_epochs * (args.prompts_per_step * args.group_size // mini),
-                  n_prompts=len(records), n_params=sum(p.numel() for p in models.params),
-                  longest_prompt=max(len(p) for p in prompts))
-    if master:
-        print(json.dumps(config, indent=1))
-        start_run_files(args.out, config, start_step)
-
-    # one update a step (GRPO's default): the policy that sampled is the one being updated, so the
-    # "old" log-probs are the training forward's own, detached, and the ratio is exactly 1. Otherwise
-    # a no-grad pre-pass records them, with the same micro-batches and dtype; PPO's values and the
-    # reference's log-probs come from that pass too.
-    prepass = config["updates_per_step"] > 1 or models.ref is not None or models.head is not None
-    rows_log = []
-    stopper, stop = StopSignal("rl.py"), False
-    pbar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps, disable=not master,
-                desc=args.algo)
+    run = setup(get_parser().parse_args(argv), reward_fn or reward, correct_fn or is_correct)
+    args, rank, world, device = run.args, run.rank, run.world, run.device
+    master, local = rank == 0, args.prompts_per_step // world
+    rows_log, stopper, stop = [], StopSignal("rl.py"), False
+    pbar = tqdm(range(run.start_step, args.max_steps), initial=run.start_step, total=args.max_steps,
+                disable=not master, desc=args.algo)
     for step in pbar:
         t0 = time.time()
-        # 1. rollout: this rank's share of the step's prompts, `group_size` scored replies to each
-        idx = step_prompts(len(records), args.prompts_per_step, args.seed, step)[rank * local_prompts:][:local_prompts]
+        # 1. rollouts: this rank's share of the step's prompts, `group_size` scored replies to each
+        idx = step_prompts(len(run.prompts), args.prompts_per_step, args.seed, step)[rank * local:][:local]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
-        batch = rollout(models.lm, tokenizer, [prompts[i] for i in idx], [records[i]["meta"] for i in idx], args, seed,
-                        device, reward_fn, correct_fn)
+        ro = rollout(run, idx, seed)
         t_sample = time.time() - t0
-        # 2. advantages (after the pre-pass, where the update needs it)
-        if prepass:
-            batch.update(sampling_logprobs(models, batch, args, tokenizer.pad_token_id, device))
-        batch.update(advantages(batch, args, world, device))
-        # 3. update: --ppo-epochs passes of one optimizer step per mini-batch
+        # 2. old log-probs (PPO: and values) and the reference's, where the update needs them
+        if run.prepass:
+            ro = sampling_logprobs(run, ro)
+        # 3. advantages of every response token
+        if args.algo == "grpo":
+            adv_B, zero_var_G = group_advantages(ro.score_B, args.group_size, args.adv_eps)
+            ro, zero_var = replace(ro, adv_BR=adv_B[:, None] * ro.mask_BR), zero_var_G.float().mean().item()
+        else:
+            ro, zero_var = ppo_advantages(ro, args, world, device), 0.0
+        # 4. --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
-        learned = update(models, batch, args, mini // world, seed, world, device, tokenizer.pad_token_id)
-        times = (t_sample, time.time() - t1)
-
-        row, signalled = log_row(step, batch, learned, times, stopper.signum, len(records), args, world, device)
+        learned = update(run, ro, seed)
+        # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
+        row, signalled = log_row(run, step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum)
         if master:
-            log_step(args.out, row, pbar, step == start_step or (step + 1) % args.log_every == 0,
-                         log_line(row, args, times), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
+            log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
+                     log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            if master:
-                row.update(evaluate_now(models.lm, tokenizer, args, device, step + 1, batch, correct_fn))
+            if master:  # the scores join the returned row; log.jsonl has the step already
+                row.update(evaluate_now(run, step + 1, ro))
             if world > 1:
                 dist.barrier()
         stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
-            save_rl_checkpoint(args.out, f"step_{step + 1}", models, tokenizer, step + 1, args, rank)
+            save_rl_checkpoint(run, f"step_{step + 1}", step + 1)
         if stop or args.stop_after and step + 1 >= args.stop_after:
             break
     else:
-        save_rl_checkpoint(args.out, "final", models, tokenizer, args.max_steps, args, rank)
+        save_rl_checkpoint(run, "final", args.max_steps)
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
     if world > 1:
-        check_replicas(models.params, world, device, master)
+        check_replicas(run.models.params, world, device, master)
     finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
     return rows_log
 
@@ -781,9 +780,9 @@ if __name__ == "__main__":
 # - Log-probs without the temperature: response_logprobs divides the logits by --temperature,
 #   exactly as sample() does; log.jsonl's logp_sampler_diff shows the two agree.
 # - Dropout on during RL: every module stays in eval mode; nothing in the loop calls .train().
-# - Sampling through the DDP wrapper: sample() gets the bare `lm`; the loss forward goes
-#   through `model` (the wrapper) so its backward all-reduces, with no_sync around all but the
-#   last micro-batch of an update (grad_sync).
+# - Sampling through the DDP wrapper: sample() gets the bare `lm`; the loss forward goes through
+#   `model` (the wrapper) so its backward all-reduces, with no_sync around all but the last
+#   micro-batch of an update (grad_sync).
 # - Per-micro-batch normalisation: token losses are sums, scaled once by
 #   sft.step_loss_scale(tokens of the mini-batch over all ranks).
 # - The reference model is frozen (requires_grad False) and in eval mode.

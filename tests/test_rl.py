@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -141,21 +142,23 @@ def test_training_logprobs_equal_the_samplers(toy):
     prompts = [sft.encode_prompt(tok, r["messages"]) for r in common.read_jsonl(data)[:3]]
     assert all(isinstance(t, int) for t in prompts[0])
     s = eval_module.sample(lm, prompts, n=2, max_new_tokens=8, temperature=0.7, tokenizer=tok, seed=1, return_logprobs=True)
-    ro = dict(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
-    ids_BT, resp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
+    ro = SimpleNamespace(prompt=[p for p in prompts for _ in range(2)], response=s.ids)
+    mb = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
-        logp_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 0.7, "fp32", torch.device("cpu"))
-        wrong_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 1.0, "fp32", torch.device("cpu"))
+        logp_N, _, _ = rl.response_logprobs(rl.Policy(lm), mb, 0.7, "fp32")
+        wrong_N, _, _ = rl.response_logprobs(rl.Policy(lm), mb, 1.0, "fp32")
     sampler_N = torch.cat(s.logprobs)
     torch.testing.assert_close(logp_N, sampler_N, atol=1e-5, rtol=0)
     assert (wrong_N - sampler_N).abs().max() > 1e-3  # forgetting the temperature would be caught
     # padding the rows further (--pad-multiple) changes nothing the model computes for the response
-    multiple = ids_BT.shape[1] + 5
-    idsp_BT, respp_BT = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"), multiple=multiple)
-    assert idsp_BT.shape[1] == multiple
+    multiple = mb.ids_BT.shape[1] + 5
+    padded = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"), multiple=multiple)
+    assert padded.ids_BT.shape[1] == multiple
+    kept = rl.collate(ro, list(range(6)), tok.pad_token_id, torch.device("cpu"), multiple=32)
+    assert int(kept.kept_BT.sum()) % 32 == 0 and int(kept.kept_BT.sum()) > len(logp_N)
     with torch.no_grad():
-        padded_N, _, _ = rl.response_logprobs(rl.Policy(lm), idsp_BT, respp_BT, 0.7, "fp32", torch.device("cpu"))
-        kept_N, _, _ = rl.response_logprobs(rl.Policy(lm), ids_BT, resp_BT, 0.7, "fp32", torch.device("cpu"), 32)
+        padded_N, _, _ = rl.response_logprobs(rl.Policy(lm), padded, 0.7, "fp32")
+        kept_N, _, _ = rl.response_logprobs(rl.Policy(lm), kept, 0.7, "fp32")
     torch.testing.assert_close(padded_N, logp_N, atol=1e-5, rtol=0)
     torch.testing.assert_close(kept_N, logp_N, atol=1e-5, rtol=0)  # the output layer on 32k positions
 

@@ -606,6 +606,8 @@ def _tricks_workloads(args):
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     tiny = args.model == "tiny"
     rooms, rl_prompts, max_new_tokens = (6, 8, 48) if tiny else (16, 16, 64)
+    if args.rooms:
+        rooms = rl_prompts = args.rooms
     with tempfile.TemporaryDirectory() as tmp:
         folder = _make_sokoban_data(tmp, "--scale", "small", "--sok-eval-rooms", str(rooms))
         evals = [r for v in evaluation.SOKOBAN_VARIANTS for r in common.read_jsonl(f"{folder}/eval_{v}.jsonl")]
@@ -788,6 +790,8 @@ if __name__ == "__main__":
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                         help="sampler / tricks: the weights' dtype (default fp32 on a CPU, tricks: bf16 on CUDA)")
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
+    parser.add_argument("--rooms", type=int, default=None,
+                        help="tricks: test rooms per variant and RL prompts (default 6 / 8 tiny, 16 / 16 otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")

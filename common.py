@@ -2,14 +2,18 @@
 setup, model loading (the GGUF conversion included), checkpoints and the run folder.
 Stage files import what they need from here; nothing here imports a stage.
 """
+import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -34,6 +38,33 @@ def run_cli(main, script):
     except UserError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the convention above: a bad flag is a UserError (one line, no usage block); a
+    float flag must be finite (nan and inf pass float() but no check written as `x < 0`), and no
+    flag's value is empty."""
+
+    def error(self, message):
+        raise UserError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for a in self._actions:
+            value = getattr(parsed, a.dest, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.error(f"argument {a.option_strings[-1]}: {value} is not a finite number")
+            if a.option_strings and (value == "" or isinstance(value, list) and "" in value):
+                self.error(f"argument {a.option_strings[-1]}: an empty value")
+        return parsed
+
+
+def seed(text):
+    """argparse type of --seed: an integer numpy and torch both accept."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 2**32)")
+    return value
 
 
 def refuse(problems):
@@ -148,6 +179,10 @@ def resolve_model(name):
     use), a local directory or a hub id as they are; anything else is a missing local path."""
     if name == "smollm2":
         return smollm2_dir()
+    final = os.path.join(name, "final")
+    if os.path.isdir(name) and not os.path.exists(os.path.join(name, "config.json")) and os.path.isdir(final):
+        print(f"--model {name} is a run folder: loading its {final}", file=sys.stderr)
+        return final
     if os.path.isdir(name) or looks_like_hub_id(name):
         return name
     raise UserError(f"model directory not found: {name}")
@@ -300,10 +335,18 @@ def latest_checkpoint(out_dir):
 # the run folder OUT: checked before any work, config.json and log.jsonl, signals, the end of a run
 
 
-def check_out_dir(path, what=None):
+def check_out_dir(path, what=None, inputs=()):
     """Refuse, before any work, an output directory that cannot be created or written in (changing
-    nothing: a parent still to be created in is probed with a temporary directory)."""
+    nothing: a parent still to be created in is probed with a temporary directory), or that is, holds
+    or lies inside one of `inputs` (the model, the data), which --overwrite would delete."""
     what, probe = what or f"--out {path}", os.path.abspath(path)
+    if not path:
+        raise UserError(f"{what}: an empty path")
+    for given in inputs:
+        p = os.path.realpath(given)
+        out = os.path.realpath(path)
+        if os.path.exists(given) and (p == out or p.startswith(out + os.sep) or out.startswith(p + os.sep)):
+            raise UserError(f"{what} overlaps the input {given}: a run never writes into what it reads")
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
@@ -352,19 +395,71 @@ def check_run_dir(out_dir, identity, resume, overwrite):
     return ckpt if resume else None
 
 
+def file_fingerprint(path):
+    """The first 16 hex digits of a file's SHA-256: config.json records it, so --resume knows its data."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def take_lock(out_dir):
+    """Hold OUT/.lock (this process's pid and host) while the run lives, refusing a second run on OUT;
+    a lock whose process is gone is taken over. finish_run lets it go."""
+    path, me = os.path.join(out_dir, ".lock"), f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid, host = open(path, encoding="utf-8").read().split(maxsplit=1)
+                alive = host.strip() != socket.gethostname() or _alive(int(pid))
+            except (OSError, ValueError):
+                alive = False  # half-written or unreadable: no run can be using it
+            if alive:
+                raise UserError(f"{out_dir} is in use by another run (pid {pid} on {host.strip()}, {path}): "
+                                "wait for it to end, or pass another --out") from None
+            os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return
+    raise UserError(f"{path}: another run took the lock at the same moment; pass another --out")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
 def prepare_run_dir(out_dir, overwrite, master, world):
-    """Rank 0 creates OUT, deleting first for --overwrite what an earlier sft.py / rl.py run left
-    there, and nothing else; every rank waits for it."""
+    """Rank 0 takes OUT's lock (take_lock), then creates OUT, deleting first for --overwrite what an
+    earlier sft.py / rl.py run left there, and nothing else; every rank waits for it (and for a refusal)."""
+    problem = None
     if master:
-        if overwrite and os.path.isdir(out_dir):
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            take_lock(out_dir)
+        except UserError as e:
+            problem = str(e)
+        if overwrite and not problem:
             for name in os.listdir(out_dir):
                 path = os.path.join(out_dir, name)
                 if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl")
                         or name.startswith(".tmp_") or is_step_dir(name) or name.endswith(".value_head.pt")):
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        os.makedirs(out_dir, exist_ok=True)
-    if world > 1:
-        dist.barrier()
+    if world > 1:  # the other ranks learn rank 0's refusal rather than waiting for it forever
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise UserError(problem)
 
 
 def start_run_files(out_dir, config, start_step):
@@ -415,7 +510,11 @@ def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
                    "continue with --resume", file=sys.stderr)
     pbar.close()
     stopper.restore()
+    if master:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out_dir, ".lock"))
     if dist.is_initialized():
+        dist.barrier()  # no rank tears its gloo pairs down while another still uses them
         dist.destroy_process_group()
     if stopped_step:
         sys.exit(128 + (stopper.signum or signal.SIGTERM))

@@ -478,6 +478,7 @@ def deal_train(rng, mapping="all10", num_cards=4, exclude=frozenset(), target=24
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"env_gpoints.py: error: {message}\n")  # one line, no usage block
     parser.add_argument("--cards", nargs="+", default=None,
                         help="solve this hand: ranks A (or 1), 2-10, J, Q, K (any case) and 14-19, "
                         "e.g. 3 3 8 8 or A J 5 K")
@@ -485,6 +486,8 @@ if __name__ == "__main__":
     parser.add_argument("--target", type=int, default=24, help="the number to reach")
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo deals")
     args = parser.parse_args()
+    if args.target < 1 or args.seed < 0:
+        parser.error("--target must be at least 1 and --seed at least 0")
     if args.cards:
         args.cards = ["A" if c == "1" else c.upper() for c in args.cards]  # 1 is the ace's value: accept it as its name
         unknown = [c for c in args.cards if c not in ALL_RANKS]

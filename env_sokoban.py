@@ -534,13 +534,15 @@ def canonical_key(grid_text):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"env_sokoban.py: error: {message}\n")  # one line, no usage block
     parser.add_argument("--dim", type=int, nargs=2, default=(6, 6), help="room rows and columns")
     parser.add_argument("--boxes", type=int, default=1, help="number of boxes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first room")
     parser.add_argument("--rooms", type=int, default=3, help="how many rooms to print")
     args = parser.parse_args()
-    if min(args.dim) < 4 or args.boxes < 1 or args.rooms < 1:  # a smaller room has no floor inside its walls
-        parser.exit(2, "env_sokoban.py: error: --dim needs at least 4 4, --boxes and --rooms at least 1\n")
+    # a room smaller than 4x4 has no floor inside its walls
+    if min(args.dim) < 4 or args.boxes < 1 or args.rooms < 1 or args.seed < 0:
+        parser.error("--dim needs at least 4 4, --boxes and --rooms at least 1, --seed at least 0")
     for seed in range(args.seed, args.seed + args.rooms):
         env = SokobanEnv(dim=tuple(args.dim), num_boxes=args.boxes)
         try:

@@ -32,8 +32,8 @@ import env_gpoints
 import env_sokoban
 import make_data
 import sft
-from common import (UserError, check_out_dir, load_model, load_tokenizer, read_jsonl, refuse, resolve_model,
-                    write_json)
+from common import (ArgumentParser, UserError, check_out_dir, load_model, load_tokenizer, read_jsonl, refuse,
+                    resolve_model, write_json)
 from sft import encode_prompts
 
 # -----------------------------------------------------------------------------
@@ -566,8 +566,8 @@ def evaluate_base(replies, sets, *, seed=0, show=2):
 ENV_EVALUATORS = {"sokoban": evaluate_sokoban, "gpoints": evaluate_gpoints}  # what rl.py --eval-every runs too
 
 
-def evaluate_model(args, model_path, sets):
-    model = load_model(model_path, args.dtype, args.device)
+def evaluate_model(args, model_path, sets, model=None):
+    model = model if model is not None else load_model(model_path, args.dtype, args.device)
     tokenizer = load_tokenizer(model_path)
     style = trained_style(model_path)
     data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
@@ -775,7 +775,7 @@ def distill(model, tokenizer, records, *, samples=16, temperature=1.0, max_new_t
 
 def get_parser():
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a "
                         "hub id, or 'smollm2'")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
@@ -787,7 +787,7 @@ def get_parser():
     group = parser.add_argument_group("decoding")
     group.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (the paper's 0.5); 0 is greedy")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed")
+    group.add_argument("--seed", type=common.seed, default=0, help="sampling seed")
     group.add_argument("--max-new-tokens", type=int, help="reply cap (default 256 Sokoban, 512 GP, 1024 distill)")
     group.add_argument("--max-turns", type=int, default=30, help="Sokoban turns per episode")
     group.add_argument("--batch-rows", type=int, help="cap on rows decoded at once (GPU memory)")
@@ -861,7 +861,14 @@ def main(argv=None):
     else:
         sets = load_eval_sets(run.data, run.task, run.variants or (SOKOBAN_VARIANTS if run.task == "sokoban"
                                                                    else GPOINTS_VARIANTS), run.limit)
+    make_out_dirs(run.out)  # now, not at the end, when the work would be lost
     return run_sweep(run, sets) if run.sweep else run_evaluation(run, sets)
+
+
+def make_out_dirs(*paths):
+    for path in paths:
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def run_evaluation(args, sets):
@@ -877,21 +884,58 @@ def run_evaluation(args, sets):
 
 def run_sweep(args, sets):
     """--sweep RUN_DIR: every RUN_DIR/step_N evaluated; the best by mean success without Fake (the
-    paper's checkpoint selection; the earlier step on a tie)."""
+    paper's checkpoint selection; the earlier step on a tie). --out is written after every checkpoint;
+    a stopped sweep given the same --out and settings keeps the steps it measured. A checkpoint that
+    does not load is named and skipped."""
     steps = sweep_checkpoints(args.sweep)
     if not steps:
         raise UserError(f"no step_N checkpoints in {args.sweep}")
-    curve = []
+    done, curve, skipped = earlier_sweep(args), [], []
     for step, path in steps:
-        results = evaluate_model(args, path, sets)
+        if (step, path) in done:
+            curve.append(done[step, path])
+            print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f} (kept from {args.out})")
+            continue
+        try:
+            model = load_model(path, args.dtype, args.device)
+        except Exception as e:  # a truncated or corrupt checkpoint costs its own point, not the sweep
+            skipped.append(dict(step=step, path=path, error=f"{type(e).__name__}: {e}"[:300]))
+            print(f"step {step}: {path} does not load ({skipped[-1]['error']}): skipped", file=sys.stderr)
+            continue
+        results = evaluate_model(args, path, sets, model)
         curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
         print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
-        best = max(curve, key=lambda c: (c["average"], -c["step"]))
-        if args.out:  # after every checkpoint, so that a stopped sweep keeps what it measured
-            write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
-                                      best_step=best["step"], curve=curve, args=vars(args)))
+        if args.out:
+            write_sweep(args, curve, skipped)
+    if not curve:
+        raise UserError(f"no checkpoint of {args.sweep} loads: {'; '.join(s['path'] for s in skipped)}")
+    if args.out:
+        write_sweep(args, curve, skipped)
+    best = max(curve, key=lambda c: (c["average"], -c["step"]))
     print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
     print(format_table(best["results"], f"{args.task} step {best['step']}"))
+
+
+def write_sweep(args, curve, skipped):
+    best = max(curve, key=lambda c: (c["average"], -c["step"]))
+    write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
+                              best_step=best["step"], curve=curve, args=vars(args),
+                              **({"skipped": skipped} if skipped else {})))
+
+
+SWEEP_SETTINGS = ("task", "data", "variants", "limit", "temperature", "top_p", "seed", "max_new_tokens", "max_turns",
+                  "dtype", "sweep")
+
+
+def earlier_sweep(args):
+    """{(step, path): curve point} of a stopped sweep in --out made with the same settings, else {}."""
+    try:
+        with open(args.out, encoding="utf-8") as f:
+            old = json.load(f)
+        same = all(old["args"].get(k) == getattr(args, k) for k in SWEEP_SETTINGS)
+        return {(c["step"], c["path"]): c for c in old["curve"]} if same else {}
+    except (TypeError, OSError, ValueError, KeyError, AttributeError):
+        return {}
 
 
 def sweep_checkpoints(run_dir):
@@ -899,14 +943,19 @@ def sweep_checkpoints(run_dir):
     steps = common.step_dirs(run_dir)
     final = os.path.join(run_dir, "final")
     if os.path.isfile(os.path.join(final, "trainer_state.pt")):
-        state = torch.load(os.path.join(final, "trainer_state.pt"), map_location="cpu", mmap=True, weights_only=False)
-        steps.append((int(state["step"]), final))
+        try:
+            state = torch.load(os.path.join(final, "trainer_state.pt"), map_location="cpu", mmap=True,
+                               weights_only=False)
+            steps.append((int(state["step"]), final))
+        except Exception as e:  # unreadable: the step_N checkpoints are still swept
+            print(f"{final}/trainer_state.pt does not load ({type(e).__name__}): final/ left out", file=sys.stderr)
     return steps
 
 
 def run_report(args):
     """--report FILES: one table from --out / --sweep files, no model needed; --plot draws it too."""
     rows = read_report_rows(args.task, args.report)
+    make_out_dirs(args.plot, args.plot_curves)
     if args.plot_curves:  # refused before anything is written
         sweeps = [json.load(open(path, encoding="utf-8")) for path in args.report]
         sweeps = [s for s in sweeps if isinstance(s, dict) and s.get("curve")]
@@ -928,6 +977,7 @@ def run_distill(args):
     records = read_jsonl(path)
     if not records:
         raise UserError(f"no records in {path}")
+    make_out_dirs(args.out)
     model, tokenizer = load_model(args.model, args.dtype, args.device), load_tokenizer(args.model)
     kept, share = distill(model, tokenizer, records, samples=args.samples, max_new_tokens=args.max_new_tokens,
                           seed=args.seed)

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import env_gpoints as gp
 import env_sokoban as sok
-from common import UserError, run_cli, write_jsonl
+import common
+from common import ArgumentParser, UserError, run_cli, write_jsonl
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -46,12 +47,11 @@ SCALES = {  # file sizes: the paper's, and a small set for tests and demos
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = _refuse  # one line (run_cli prints it), not usage + error
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data", help="output directory (sokoban/ and gpoints/ are written inside)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full",
                         help="default sizes: the paper's, or a few records")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=common.seed, default=0,
                         help="seed of every random draw; a different seed, a different dataset")
     parser.add_argument("--style", choices=("full", "compact"), default="full",
                         help="prompt style: the paper's wording, or a short one with the same information for tiny "
@@ -86,6 +86,8 @@ def parse_args(argv=None):
     for key, value in SCALES[args.scale].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if not args.out:
+        raise UserError("--out: an empty path")
     if not 0 < args.gp_heldout < 1:
         raise UserError("--gp-heldout must be between 0 and 1")
     if not 0 <= args.sok_default_share <= 1:
@@ -96,9 +98,6 @@ def parse_args(argv=None):
         raise UserError(f"{flags}: sizes must be >= 1")
     return args
 
-
-def _refuse(message):
-    raise UserError(message)
 
 # -----------------------------------------------------------------------------
 # vocabularies

@@ -28,6 +28,7 @@ before any work; SIGTERM / Ctrl-C save OUT/step_N/ after the step and exit with 
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -41,18 +42,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import sft
+from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoint, run_cli, read_jsonl, refuse,
+                    setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
+                    load_tokenizer, load_model, save_checkpoint, load_trainer_state, check_out_dir, check_run_dir,
+                    prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 from eval import ENV_EVALUATORS, is_correct, model_replies, reward, sample
-from common import (UserError, run_cli, read_jsonl, refuse, setup_distributed, all_reduce_sum, grad_sync, autocast_ctx,
-                    fused_adamw, resolve_model, load_tokenizer, load_model, save_checkpoint, load_trainer_state,
-                    check_out_dir, check_run_dir, prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 
 # -----------------------------------------------------------------------------
 # arguments
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--model", required=True, help="model directory (an SFT run's final/), a hub id, or 'smollm2'")
     g.add_argument("--data", required=True, help="RL prompt JSONL: {'messages': [user turn], 'meta': {...}}")
@@ -86,7 +89,7 @@ def get_parser():
     g.add_argument("--sample-batch-rows", type=int, default=0, help="most rows the sampler decodes at once (0: all)")
     g = p.add_argument_group("system")
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype (weights stay fp32)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the prompt order and of every sample")
+    g.add_argument("--seed", type=common.seed, default=0, help="seed of the prompt order and of every sample")
     g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
     g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
     g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
@@ -339,7 +342,8 @@ def read_prompts(args):
 
 def run_identity(args, task, n_prompts):
     """What makes OUT's run the run it is: another run's OUT is refused without --overwrite."""
-    identity = dict(data=args.data, model=args.model, algo=args.algo, task=task)
+    identity = dict(data=args.data, data_sha256=file_fingerprint(args.data), model=args.model, algo=args.algo,
+                    task=task)
     if args.resume:  # the prompt stream a resumed run recomputes
         identity.update(seed=args.seed, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
                         n_prompts=n_prompts)
@@ -463,8 +467,8 @@ def setup(args, reward_fn, correct_fn):
     mini = check_args(args, world)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)  # checkpoints save all three
     # the data and OUT are checked before any model is loaded or OUT is touched
-    check_out_dir(args.out)
     args = argparse.Namespace(**dict(vars(args), model=resolve_model(args.model)))  # 'smollm2' -> its directory
+    check_out_dir(args.out, inputs=[args.data, args.model, *args.eval_data])  # --overwrite never deletes an input
     records = read_prompts(args)
     task = records[0]["meta"].get("task") if isinstance(records[0]["meta"], dict) else None
     resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
@@ -475,7 +479,8 @@ def setup(args, reward_fn, correct_fn):
     models = build_models(args, resume_from, world, local_rank, device)
     start_step = resume_training(models, resume_from, args.out, device) if resume_from else 0
     updates = args.ppo_epochs * (args.prompts_per_step * args.group_size // mini)
-    config = dict(vars(args), task=task, threads=torch.get_num_threads(), resume_from=resume_from, world_size=world,
+    config = dict(vars(args), task=task, data_sha256=file_fingerprint(args.data), threads=torch.get_num_threads(),
+                  resume_from=resume_from, world_size=world,
                   mini_batch_size_resolved=mini, updates_per_step=updates, n_prompts=len(records),
                   n_params=sum(p.numel() for p in models.params), longest_prompt=max(len(p) for p in prompts))
     if master:
@@ -642,7 +647,8 @@ def update(run, ro, seed):
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(models.params, args.grad_clip or float("inf"))))
             for optimizer in (models.optimizer, models.head_optimizer):
                 if optimizer is not None:
-                    optimizer.step()
+                    if math.isfinite(grad_norms[-1]):  # a non-finite norm: no update, and main stops the run
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
     return stats, grad_norms, ratio_dev_first
 
@@ -752,6 +758,11 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
+        if not all(math.isfinite(g) for g in learned[1]):  # the norms are global: every rank stops here
+            kept = latest_checkpoint(args.out)
+            raise UserError(f"step {step + 1}: gradient norms {learned[1]}: the run diverged and stopped without "
+                            f"this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}); try a lower "
+                            "--lr or --grad-clip 1")
         if args.eval_every and (step + 1) % args.eval_every == 0:
             if master:  # the scores join the returned row; log.jsonl has the step already
                 row.update(evaluate_now(run, step + 1, ro))

@@ -36,18 +36,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import env_sokoban
-from common import (UserError, run_cli, read_jsonl, refuse, setup_distributed, all_reduce_sum, grad_sync, autocast_ctx,
-                    fused_adamw, resolve_model, load_tokenizer, load_model, save_checkpoint, load_trainer_state,
-                    load_weights, check_out_dir, check_run_dir, prepare_run_dir, start_run_files, log_step, StopSignal,
-                    finish_run)
+from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoint, run_cli, read_jsonl, refuse,
+                    setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
+                    load_tokenizer, load_model, save_checkpoint, load_trainer_state, load_weights, check_out_dir,
+                    check_run_dir, prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 
 # -----------------------------------------------------------------------------
 # arguments
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--model", default="tiny", help="Hugging Face directory or hub id, 'smollm2', or 'tiny' (built)")
     g.add_argument("--data", required=True, help="training JSONL, one chat per line ({'messages': [...]})")
@@ -81,7 +82,7 @@ def get_parser():
     g.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer over ranks (FSDP2)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     g.add_argument("--compile", action="store_true", help="compile each decoder layer with torch.compile")
-    g.add_argument("--seed", type=int, default=0, help="seed of the tiny model, the batch order and every RNG")
+    g.add_argument("--seed", type=common.seed, default=0, help="seed of the tiny model, the batch order and every RNG")
     g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
     g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
     g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
@@ -126,25 +127,46 @@ def check_args(args, world, parser):
 # data: chat encoding with position-based loss masks, length-grouped batches, the collate
 
 
-def check_chat_record(record):
+ROLES = ("system", "user", "assistant")
+# what scoring reads from a prompt record's meta, by task: (field, accepted types)
+META_FIELDS = {"sokoban": {"grid": (str,), "names": (dict,), "accepted": (dict,), "optimal": (list,)},
+               "gpoints": {"cards": (list,), "values": (list,), "target": (int, float)}}
+
+
+def check_turns(record, last_role, at_least):
+    """The error string for a record that is not {"messages": [{"role": ..., "content": "..."}, ...]}
+    ending with `last_role` (a meta, if any, a dict), or None."""
     msgs = record.get("messages") if isinstance(record, dict) else None
-    turns_ok = isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
-    if not turns_ok or len(msgs) < 2:
-        return "expected {'messages': [{'role': ..., 'content': ...}, ...]} with at least two turns"
-    if msgs[-1]["role"] != "assistant":
-        return f"the last message must be the assistant's (got role {msgs[-1]['role']!r})"
+    if not (isinstance(msgs, list) and len(msgs) >= at_least and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in msgs)):
+        return (f"expected {{'messages': [{{'role': 'system' | 'user' | 'assistant', 'content': '...'}}, ...], "
+                f"'meta': {{...}}}} with at least {at_least} turn{'s' * (at_least > 1)}")
+    if msgs[-1]["role"] != last_role:
+        return f"the last message must be the {last_role}'s (got role {msgs[-1]['role']!r})"
+    if not isinstance(record.get("meta", {}), dict):
+        return f"'meta' must be an object (got {type(record['meta']).__name__})"
     return None
+
+
+def check_chat_record(record):
+    return check_turns(record, "assistant", 2)
 
 
 def check_prompt_record(record, task=None):
     """A prompt record (RL, evaluation) ends with the user's turn and has a meta (what scoring
     needs); with `task`, its meta must name that task."""
-    msgs = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user" or "meta" not in record:
-        return "expected {'messages': [..., {'role': 'user', ...}], 'meta': {...}} ending with the user turn"
-    if task is not None and record["meta"].get("task") != task:
+    problem = check_turns(record, "user", 1)
+    if problem or "meta" not in record:
+        return problem or "a prompt record needs its 'meta' (what scoring needs; make_data.py writes it)"
+    meta = record["meta"]
+    if task is not None and meta.get("task") != task:
         return f"not a {task} evaluation record (make_data.py writes them)"
+    wanted = META_FIELDS.get(meta.get("task"), {})
+    odd = [k for k, kind in wanted.items() if not isinstance(meta.get(k), kind)]
+    if odd:
+        return f"meta of a {meta['task']} record needs {', '.join(f'{k} ({wanted[k][0].__name__})' for k in odd)}"
     return None
+
 
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
@@ -433,10 +455,11 @@ def setup(args, parser):
 
     # everything that can be refused is refused here, before a model is built or OUT is touched
     check_args(args, world, parser)
-    check_out_dir(args.out)
+    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else resolve_model(args.model)
+    inputs = [args.data, *args.tiny_tokenizer_data] + ([] if args.model == "tiny" else [model_path])
+    check_out_dir(args.out, inputs=inputs)  # --overwrite never deletes what the run reads
     records, extra_records, task = read_training_data(args)
     resume_from = check_run_dir(args.out, run_identity(args, task, len(records)), args.resume, args.overwrite)
-    model_path = os.path.join(args.out, "tiny_init") if args.model == "tiny" else resolve_model(args.model)
     tokenizer = None if args.model == "tiny" else load_tokenizer(model_path)  # a missing model is refused here
     prepare_run_dir(args.out, args.overwrite, master, world)
 
@@ -460,7 +483,8 @@ def setup(args, parser):
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     start_step = resume_training(resume_from, model, optimizer, scaler) if resume_from else 0
 
-    config = dict(vars(args), task=task, n_records=len(records), model_path=model_path, resume_from=resume_from,
+    config = dict(vars(args), task=task, data_sha256=file_fingerprint(args.data), n_records=len(records),
+                  model_path=model_path, resume_from=resume_from,
                   world_size=world, accumulation=args.batch_size // (args.micro_batch_size * world),  # per rank
                   total_steps=total_steps, warmup_steps=warmup_steps, steps_per_epoch=steps_per_epoch,
                   n_examples=len(examples), n_params=n_params, threads=torch.get_num_threads())
@@ -490,7 +514,7 @@ def read_training_data(args):
 
 def run_identity(args, task, n_records):
     """What makes OUT's run the run it is: another run's OUT is refused without --overwrite."""
-    identity = dict(data=args.data, model=args.model, task=task)
+    identity = dict(data=args.data, data_sha256=file_fingerprint(args.data), model=args.model, task=task)
     if args.model == "tiny":  # they shape OUT/tiny_init, which a later run reuses
         identity.update({k: v for k, v in vars(args).items() if k.startswith("tiny_")})
     if args.resume:  # the batch plan a resumed run recomputes
@@ -616,7 +640,8 @@ def train_step(run, micro_batches):
                 l2 += full_value(d.pow(2).sum())  # under FSDP a shard's sum: full_value adds the shards
     grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                           args.grad_clip if args.grad_clip > 0 else float("inf")))
-    run.scaler.step(run.optimizer)  # skips the step if fp16 gradients overflowed; a no-op scaler otherwise
+    if math.isfinite(grad_norm) or args.dtype == "fp16":  # fp16: the scaler skips an overflowed step itself
+        run.scaler.step(run.optimizer)  # a no-op scaler for bf16 / fp32
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     return [ce_total, kl_total, n_real, n_padded], l2, grad_norm, n_sup
@@ -666,6 +691,11 @@ def main(argv=None):
                     f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0, line,
                      loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+        if not math.isfinite(row["loss"]) or not math.isfinite(grad_norm) and args.dtype != "fp16":
+            kept = latest_checkpoint(args.out)
+            raise UserError(f"step {step + 1}: loss {row['loss']}, gradient norm {grad_norm}: the run diverged and "
+                            f"stopped without this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}"
+                            "); try a lower --lr or --grad-clip 1")
         stop = signalled > 0 and step + 1 < total  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < total:
             save(f"step_{step + 1}", step + 1)

@@ -165,7 +165,8 @@ for row in $ROWS; do
   chosen=$run/final
   if [ "$SWEEP_LIMIT" != 0 ] && compgen -G "$run/step_*" > /dev/null; then
     log "$TASK ${LABEL[$row]}: the paper's checkpoint rule, every checkpoint at $SWEEP_LIMIT records a test set"
-    [ -f "$RES/$TASK-$row-sweep.json" ] || run $EVAL --task "$TASK" --sweep "$run" --limit "$SWEEP_LIMIT" \
+    # a sweep stopped midway keeps, run again, the checkpoints it measured (same --out, same settings)
+    run $EVAL --task "$TASK" --sweep "$run" --limit "$SWEEP_LIMIT" \
       ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
       --out "$RES/$TASK-$row-sweep.json"
     chosen=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$RES/$TASK-$row-sweep.json")

@@ -392,7 +392,24 @@ def check_run_dir(out_dir, identity, resume, overwrite):
         name = os.path.basename(ckpt) if ckpt else "final"
         raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or "
                         "--overwrite to start over")
+    if resume:
+        check_checkpoint(ckpt)
     return ckpt if resume else None
+
+
+def check_checkpoint(ckpt):
+    """Refuse, before any work, a checkpoint whose files do not load (a disk filled during a save,
+    a copy cut short)."""
+    from safetensors import safe_open
+    try:
+        torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", mmap=True, weights_only=False)
+        for name in os.listdir(ckpt):
+            if name.endswith(".safetensors"):
+                with safe_open(os.path.join(ckpt, name), "pt") as f:
+                    f.keys()
+    except Exception as e:
+        raise UserError(f"--resume: {ckpt} does not load ({type(e).__name__}): delete it to resume from the "
+                        "checkpoint before it, or pass --overwrite to start over") from None
 
 
 def file_fingerprint(path):

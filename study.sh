@@ -41,6 +41,10 @@ case $MODE in
   gpoints) TASK=gpoints DEFAULT_ROWS="ans diverse_ans cot diverse_cot rl" ;;
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
+for v in SEED ROOMS STEPS BATCH LIMIT SWEEP_LIMIT RL_STEPS RL_PROMPTS WARM_STEPS MAX_NEW GP_RECORDS BASE_RECORDS \
+    COPY_STEPS BASE_STEPS SAVE_EVERY; do  # a typo here would otherwise surface as a bash arithmetic error
+  if [ -n "${!v:-}" ] && ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "study.sh: error: $v=${!v}: a whole number" >&2; exit 2; fi
+done
 if [ "$MODEL" = tiny ]; then
   if [ "$MODE" = quick ]; then
     : "${ROOMS:=1000}" "${BASE_RECORDS:=20000}" "${COPY_STEPS:=250}" "${BASE_STEPS:=150}" "${STEPS:=300}" "${LIMIT:=50}"

@@ -334,3 +334,22 @@ def test_sweep_skips_a_corrupt_checkpoint_and_resumes(data_dir, model_dir, tmp_p
     monkeypatch.setattr(evaluation, "evaluate_model", started)  # a second sweep re-evaluates nothing
     evaluation.main(argv)
     assert "kept from" in capsys.readouterr().out
+
+
+def test_resume_from_a_truncated_checkpoint_is_refused(data_dir, model_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = valid_argv("sft.py", data_dir, model_dir, str(out))
+    proc = run_sft(*argv, "--max-steps", 3, "--save-every", 1, "--stop-after", 2)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    state = out / "step_2" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    assert outcome("sft.py", argv + ["--resume"], monkeypatch, capsys) == "refused"
+
+
+@pytest.mark.parametrize("var", ["STEPS=abc", "LIMIT=-3", "SEED=1.5"])
+def test_study_refuses_odd_sizes(var, tmp_path):
+    name, value = var.split("=")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "study.sh"), "quick"], capture_output=True, text=True,
+                          env=dict(os.environ, **{name: value}, OUT=str(tmp_path / "s")), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"study.sh: error: {var}: a whole number"
+    assert not (tmp_path / "s").exists()

@@ -342,9 +342,9 @@ def check_out_dir(path, what=None, inputs=()):
     what, probe = what or f"--out {path}", os.path.abspath(path)
     if not path:
         raise UserError(f"{what}: an empty path")
+    out = os.path.realpath(path)
     for given in inputs:
         p = os.path.realpath(given)
-        out = os.path.realpath(path)
         if os.path.exists(given) and (p == out or p.startswith(out + os.sep) or out.startswith(p + os.sep)):
             raise UserError(f"{what} overlaps the input {given}: a run never writes into what it reads")
     while not os.path.exists(probe):
@@ -397,6 +397,15 @@ def check_run_dir(out_dir, identity, resume, overwrite):
     return ckpt if resume else None
 
 
+def add_run_flags(group, default_log_every):
+    """The run-folder flags sft.py and rl.py share: checkpoints, resume, overwrite, logging."""
+    group.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
+    group.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
+    group.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
+    group.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
+    group.add_argument("--log-every", type=int, default=default_log_every, help="print a log line every this many steps")
+
+
 def check_checkpoint(ckpt):
     """Refuse, before any work, a checkpoint whose files do not load (a disk filled during a save,
     a copy cut short)."""
@@ -430,7 +439,8 @@ def take_lock(out_dir):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid, host = open(path, encoding="utf-8").read().split(maxsplit=1)
+                with open(path, encoding="utf-8") as f:
+                    pid, host = f.read().split(maxsplit=1)
                 alive = host.strip() != socket.gethostname() or _alive(int(pid))
             except (OSError, ValueError):
                 alive = False  # half-written or unreadable: no run can be using it

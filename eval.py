@@ -901,23 +901,26 @@ def run_sweep(args, sets):
         except Exception as e:  # a truncated or corrupt checkpoint costs its own point, not the sweep
             skipped.append(dict(step=step, path=path, error=f"{type(e).__name__}: {e}"[:300]))
             print(f"step {step}: {path} does not load ({skipped[-1]['error']}): skipped", file=sys.stderr)
-            continue
-        results = evaluate_model(args, path, sets, model)
-        curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
-        print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
-        if args.out:
+        else:
+            results = evaluate_model(args, path, sets, model)
+            curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
+            print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
+        if args.out and curve:  # after every checkpoint, so that a stopped sweep keeps what it measured
             write_sweep(args, curve, skipped)
     if not curve:
         raise UserError(f"no checkpoint of {args.sweep} loads: {'; '.join(s['path'] for s in skipped)}")
-    if args.out:
-        write_sweep(args, curve, skipped)
-    best = max(curve, key=lambda c: (c["average"], -c["step"]))
+    best = best_point(curve)
     print(f"\nbest: {best['path']} (mean success without Fake {best['average']:.3f})\n")
     print(format_table(best["results"], f"{args.task} step {best['step']}"))
 
 
+def best_point(curve):
+    """The paper's rule: the best mean success without Fake, the earlier step on a tie."""
+    return max(curve, key=lambda c: (c["average"], -c["step"]))
+
+
 def write_sweep(args, curve, skipped):
-    best = max(curve, key=lambda c: (c["average"], -c["step"]))
+    best = best_point(curve)
     write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
                               best_step=best["step"], curve=curve, args=vars(args),
                               **({"skipped": skipped} if skipped else {})))

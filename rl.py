@@ -90,15 +90,11 @@ def get_parser():
     g = p.add_argument_group("system")
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype (weights stay fp32)")
     g.add_argument("--seed", type=common.seed, default=0, help="seed of the prompt order and of every sample")
-    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
-    g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
-    g.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (tests)")
+    common.add_run_flags(g, default_log_every=1)
     g.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-data every this many steps")
     g.add_argument("--eval-data", nargs="*", default=[], help="evaluation JSONL files (make_data.py's eval_*.jsonl)")
     g.add_argument("--eval-limit", type=int, default=16, help="records per evaluation file")
     g.add_argument("--eval-temperature", type=float, default=0.5, help="sampling temperature of the evaluation")
-    g.add_argument("--log-every", type=int, default=1, help="print every this many steps (log.jsonl gets all)")
     return p
 
 

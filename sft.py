@@ -83,11 +83,7 @@ def get_parser():
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     g.add_argument("--compile", action="store_true", help="compile each decoder layer with torch.compile")
     g.add_argument("--seed", type=common.seed, default=0, help="seed of the tiny model, the batch order and every RNG")
-    g.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
-    g.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
-    g.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
-    g.add_argument("--log-every", type=int, default=10, help="print a log line every this many steps")
+    common.add_run_flags(g, default_log_every=10)
     return p
 
 

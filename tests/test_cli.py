@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -276,17 +278,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(data_dir, model_
     assert not (out / "final").exists()
     kept = common.latest_checkpoint(str(out))
     assert kept and kept in err
-    assert all(torch_finite(t) for t in safetensors_load(os.path.join(kept, "model.safetensors")).values())
-
-
-def torch_finite(t):
-    import torch
-    return bool(torch.isfinite(t).all())
-
-
-def safetensors_load(path):
-    from safetensors.torch import load_file
-    return load_file(path)
+    assert all(torch.isfinite(t).all() for t in load_file(os.path.join(kept, "model.safetensors")).values())
 
 
 def test_resume_with_changed_data_is_refused(data_dir, model_dir, tmp_path, monkeypatch, capsys):

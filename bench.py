@@ -249,13 +249,13 @@ def _sft_workload(args, tmp):
     import os
     import types
     import common
-    import sft
+    import make_data
     if args.model == "tiny":
         run = types.SimpleNamespace(batch=128, micro=16, dtype="bf16", lr="1e-3",
                                     steps=max(2, int(args.seconds // 3)))  # measured steps per run, after a warm-up
         chats = _sft_synthetic_chats(run.batch * (run.steps + 1), args.seed)
         texts = [x for c in chats for m in c["messages"] for x in (m["role"], m["content"])]
-        model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
+        model_dir = make_data.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)  # the default tiny size
     else:
         run = types.SimpleNamespace(batch=32, micro=32, dtype="bf16", lr="1e-4", steps=max(2, int(args.seconds // 5)))
         chats = _sokoban_records(tmp, rooms=60)[: run.batch * (run.steps + 1)]
@@ -456,7 +456,7 @@ def _sampler_setup_tiny(seed, dtype):
     import torch
 
     from common import load_tokenizer
-    from sft import build_tiny_model
+    from make_data import build_tiny_model
     n_prompts, min_len, max_len, max_new_tokens, n_eos, rounds, subset = 400, 60, 200, 48, 64, 3, 16
     torch.set_num_threads(1)
     rng = random.Random(seed)
@@ -601,7 +601,7 @@ def _tricks_workloads(args):
 
     import common
     import eval as evaluation
-    import sft
+    import make_data
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     tiny = args.model == "tiny"
@@ -615,7 +615,7 @@ def _tricks_workloads(args):
         if tiny:  # sft.py's tiny model, its tokenizer trained on this text, on one thread (steadier timings)
             torch.set_num_threads(1)
             texts = [m["content"] for r in common.read_jsonl(f"{folder}/train_cot.jsonl") + evals for m in r["messages"]]
-            model_dir = sft.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)
+            model_dir = make_data.build_tiny_model(os.path.join(tmp, "tiny"), texts, seed=args.seed)
         else:
             model_dir = common.resolve_model(args.model)
         model, tok = common.load_model(model_dir, dtype, device), common.load_tokenizer(model_dir)

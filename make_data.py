@@ -15,6 +15,9 @@ keeps the same information (the names, the grid or cards, the answer format) in 
 for the tiny models of the CPU study; it is recorded in every record's meta.style and the
 evaluator renders later turns in the same style.
 
+`build_tiny_model` makes the tiny model of `sft.py --model tiny` from the data: a byte-level BPE trained
+on its texts and a random-init Qwen2.
+
 Evaluation never overlaps training. Sokoban: no state on a shortest solution of an evaluation
 room, in any of its 8 rotations/reflections, is a training or RL state (rooms touching one are
 skipped). General Points: the four-card hands (multisets of ranks) are split once into a held-out
@@ -24,6 +27,7 @@ and Large hands never occur in training at all.
 import argparse
 import json
 import os
+import shutil
 import time
 from fractions import Fraction
 
@@ -639,6 +643,80 @@ def build_base(args):
     return ({"train": records, "copy": copies, "eval": held_out}, overlap,
             "generic lookups, copies and arithmetic (no task content)")
 
+
+# -----------------------------------------------------------------------------
+# the tiny model (sft.py --model tiny): a byte-level BPE tokenizer trained on the data, a random-init Qwen2
+
+# A Qwen2 byte-level BPE: AutoTokenizer loads any qwen2-type directory as Qwen2Tokenizer, with Qwen's
+# pre-tokenizer regex and NFC hard-wired, so training it with the same pipeline keeps it identical under
+# every loading path. Bytes as the base alphabet: any character is representable and decoding is exact.
+# Merges that would glue two grid symbols together ("##", "_P", "X√") are dropped, so a grid is one token
+# per cell whether or not its rows put spaces between cells.
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, turn start, turn end (= EOS)
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def joins_grid_cells(token, byte_of):
+    """Whether a byte-level token decodes to two or more grid symbols (a leading space and trailing
+    newlines aside)."""
+    try:
+        text = bytes(byte_of[c] for c in token).decode("utf-8")
+    except UnicodeDecodeError:  # part of a multi-byte character: merging it is fine
+        return False
+    text = text.removeprefix(" ").rstrip("\n")
+    grid = sok.SYMBOLS
+    return len(text) >= 2 and any(c in grid for c in text) and all(c in grid or c in " \n" for c in text)
+
+
+def build_tiny_model(out_dir, texts, hidden=128, layers=4, heads=4, ffn=512, vocab=2048, max_positions=4096, seed=0):
+    """A byte-level BPE tokenizer trained on `texts` and a random-init Qwen2, saved together as a Hugging
+    Face directory (loaded as any model)."""
+    import torch
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=TINY_SPECIALS,
+                                  initial_alphabet=alphabet, show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    # keep a merge only if its parts survived and its result does not glue grid cells together
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    tokens = TINY_SPECIALS + sorted(alphabet)
+    have, kept = set(tokens), []
+    for a, b in (m.split(" ") if isinstance(m, str) else m for m in merges):
+        if a in have and b in have and a + b not in have and not joins_grid_cells(a + b, byte_of):
+            kept.append((a, b))
+            have.add(a + b)
+            tokens.append(a + b)
+    tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=kept, unk_token=None,
+                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", special=True)]})
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tiny_model=True)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
 
 # -----------------------------------------------------------------------------
 # main

@@ -48,7 +48,7 @@ from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoi
                     setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
                     load_tokenizer, load_model, save_checkpoint, load_trainer_state, check_out_dir, check_run_dir,
                     prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
-from eval import ENV_EVALUATORS, is_correct, model_replies, reward, sample
+from eval import ENV_EVALUATORS, check_prompt_record, is_correct, model_replies, reward, sample
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -324,14 +324,14 @@ def build_models(args, resume_from, world, local_rank, device):
 
 def read_prompts(args):
     """The RL prompts, refusing too few of them for a step and empty --eval-data files."""
-    records = read_jsonl(args.data, check=sft.check_prompt_record)
+    records = read_jsonl(args.data, check=check_prompt_record)
     if not records:
         raise UserError(f"no records in {args.data}")
     if args.prompts_per_step > len(records):
         raise UserError(f"--prompts-per-step {args.prompts_per_step} is more than the {len(records)} prompts of "
                         f"{args.data} (a step would repeat prompts): pass at most {len(records)}")
     for path in args.eval_data:
-        if not read_jsonl(path, check=sft.check_prompt_record):
+        if not read_jsonl(path, check=check_prompt_record):
             raise UserError(f"no records in {path}")
     return records
 
@@ -697,7 +697,7 @@ def evaluate_now(run, step, ro):
         lines.append(f"[reward {ro.reward[i]:+.1f}] {ro.text[i][:300]!r}")
     scores = {}
     for path in args.eval_data:
-        records = read_jsonl(path, check=sft.check_prompt_record)[:args.eval_limit]
+        records = read_jsonl(path, check=check_prompt_record)[:args.eval_limit]
         prompts = sft.encode_prompts(tokenizer, [r["messages"] for r in records])
         with autocast_ctx(run.device, args.dtype):
             texts = sample(lm, prompts, n=1, max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,

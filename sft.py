@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,11 +36,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
-import env_sokoban
 from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoint, run_cli, read_jsonl, refuse,
                     setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
-                    load_tokenizer, load_model, save_checkpoint, load_trainer_state, load_weights, check_out_dir,
-                    check_run_dir, prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
+                    load_tokenizer, load_model, save_checkpoint, load_trainer_state, check_out_dir, check_run_dir,
+                    prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
+from make_data import build_tiny_model
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -124,14 +123,11 @@ def check_args(args, world, parser):
 
 
 ROLES = ("system", "user", "assistant")
-# what scoring reads from a prompt record's meta, by task: (field, accepted types)
-META_FIELDS = {"sokoban": {"grid": (str,), "names": (dict,), "accepted": (dict,), "optimal": (list,)},
-               "gpoints": {"cards": (list,), "values": (list,), "target": (int, float)}}
 
 
 def check_turns(record, last_role, at_least):
-    """The error string for a record that is not {"messages": [{"role": ..., "content": "..."}, ...]}
-    ending with `last_role` (a meta, if any, a dict), or None."""
+    """The error string for a record that is not {"messages": [{"role": ..., "content": "..."}, ...], "meta":
+    {...}} (meta optional) ending with `last_role`, or None."""
     msgs = record.get("messages") if isinstance(record, dict) else None
     if not (isinstance(msgs, list) and len(msgs) >= at_least and all(
             isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in msgs)):
@@ -146,23 +142,6 @@ def check_turns(record, last_role, at_least):
 
 def check_chat_record(record):
     return check_turns(record, "assistant", 2)
-
-
-def check_prompt_record(record, task=None):
-    """A prompt record (RL, evaluation) ends with the user's turn and has a meta (what scoring
-    needs); with `task`, its meta must name that task."""
-    problem = check_turns(record, "user", 1)
-    if problem or "meta" not in record:
-        return problem or "a prompt record needs its 'meta' (what scoring needs; make_data.py writes it)"
-    meta = record["meta"]
-    if task is not None and meta.get("task") != task:
-        return f"not a {task} evaluation record (make_data.py writes them)"
-    wanted = META_FIELDS.get(meta.get("task"), {})
-    odd = [k for k, kind in wanted.items() if not isinstance(meta.get(k), kind)]
-    if odd:
-        return f"meta of a {meta['task']} record needs {', '.join(f'{k} ({wanted[k][0].__name__})' for k in odd)}"
-    return None
-
 
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
@@ -183,8 +162,8 @@ def render_prompts(tokenizer, conversations):
 
 
 def encode_prompts(tokenizer, conversations):
-    """Token ids of each conversation so far plus the generation prompt: what the model replies to
-    (the one prompt encoding of the project; eval.py and rl.py use it too)."""
+    """Token ids of each conversation so far plus the generation prompt: what the model replies to (the
+    project's one prompt encoding)."""
     texts = render_prompts(tokenizer, conversations)
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
@@ -194,12 +173,10 @@ def encode_prompt(tokenizer, messages):
 
 
 def encode_chats(tokenizer, conversations):
-    """(input_ids, loss_mask) for each conversation whose last turn is the assistant's, in batches.
-
-    The prompt is the conversation without its last turn, encoded exactly as at generation time
-    (encode_prompts); the reply is the rest of the rendered conversation, encoded on its own, up to
-    and including its first end-of-turn token (EOS appended if the template writes none). The mask
-    is built from these positions: token ids never decide it, so pad == EOS is harmless."""
+    """(input_ids, loss_mask) for each conversation whose last turn is the assistant's. The prompt is
+    encoded exactly as at generation time (encode_prompts); the reply is the rest of the rendered chat, up to
+    and including its first end-of-turn token (EOS appended if the template writes none). The mask comes from
+    these positions, never from token ids, so pad == EOS is harmless."""
     prompt_texts = render_prompts(tokenizer, [m[:-1] for m in conversations])
     full_texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
     if not all(full.startswith(prompt) for full, prompt in zip(full_texts, prompt_texts)):
@@ -219,8 +196,7 @@ def encode_chats(tokenizer, conversations):
 
 
 def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True, chunk=1024):
-    """encode_chats for every record (in chunks, for the progress bar), with the --max-length policy:
-    a longer example is dropped, or cut with `truncate`; how many were, is said (never silent)."""
+    """encode_chats for every record, a longer example dropped or cut (`truncate`), and how many said."""
     examples, n_long = [], 0
     for start in tqdm(range(0, len(records), chunk), desc="encode", disable=not verbose or len(records) <= chunk,
                       unit="chunk"):
@@ -241,11 +217,10 @@ def encode_dataset(tokenizer, records, max_length, truncate, path, verbose=True,
 
 
 def plan_epoch(lengths, batch_size, micro_batch_size, seed, epoch, group_by_length=True):
-    """The epoch's optimizer steps, each a list of micro-batches (lists of example indices).
-
-    Shuffle; with grouping, sort windows of 16 global batches by length so that each micro-batch
-    holds similar lengths; cut global batches (a last partial one is dropped); shuffle their order.
-    A pure function of (seed, epoch): resuming at step s recomputes the same plan."""
+    """The epoch's optimizer steps, each a list of micro-batches (lists of example indices): shuffled;
+    with grouping, windows of 16 global batches sorted by length, so that a micro-batch holds similar
+    lengths; cut into global batches (a last partial one dropped), in shuffled order. A pure function of
+    (seed, epoch): resuming at step s recomputes the same plan."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if group_by_length:
@@ -272,8 +247,7 @@ class Batch(NamedTuple):
 
 
 def collate(examples, indices, pad_id, multiple=1):
-    """The Batch of examples[indices]: right-padded to a length that is a multiple of `multiple`
-    (--pad-multiple), the output layer's positions padded to a multiple of it too (pad_kept)."""
+    """The Batch of examples[indices], right-padded to a multiple of `multiple` (--pad-multiple)."""
     T = pad_length(max(len(examples[i][0]) for i in indices), multiple)
     ids_BT = torch.full((len(indices), T), pad_id, dtype=torch.long)
     mask_BT = torch.zeros((len(indices), T), dtype=torch.bool)
@@ -287,17 +261,15 @@ def collate(examples, indices, pad_id, multiple=1):
 
 
 def pad_length(n, multiple):
-    """n rounded up to a multiple of `multiple`. A batch padded to its longest row takes a new shape
-    nearly every step, and on CPUs oneDNN caches a kernel, with its buffers, per matmul shape, so
-    memory grows with every new length; a handful of lengths keep it flat (docs/LOG.md has the probe)."""
+    """n rounded up to a multiple of `multiple`. On CPUs oneDNN caches a kernel and its buffers per matmul
+    shape, so memory grows with every new length; a handful of lengths keep it flat (docs/LOG.md)."""
     return -(-n // multiple) * multiple
 
 
 def pad_kept(keep_BT, multiple):
-    """(kept_BT, real_K): keep_BT with the first few free positions added so that it keeps a multiple
-    of `multiple` positions (when there are enough), and which of the kept positions are keep_BT's
-    (an index: `x_K[real_K]` is x at keep_BT's positions). The output layer then meets a few row
-    counts instead of one per micro-batch (the number of supervised tokens), for pad_length's reason."""
+    """(kept_BT, real_K): keep_BT with the first few free positions added to make a multiple of `multiple`
+    (when there are enough), and the index of keep_BT's among them (`x_K[real_K]`), so that the output
+    layer meets a few row counts, for pad_length's reason."""
     n = int(keep_BT.sum())
     extra = min(pad_length(n, multiple) - n, keep_BT.numel() - n)
     if extra == 0:
@@ -305,82 +277,6 @@ def pad_kept(keep_BT, multiple):
     kept = keep_BT.flatten().clone()
     kept[(~kept).nonzero().squeeze(1)[:extra]] = True
     return kept.view_as(keep_BT), keep_BT.flatten()[kept]
-
-# -----------------------------------------------------------------------------
-# the tiny model: a small Qwen2 and its byte-level BPE tokenizer, built from the data
-
-
-# The tiny tokenizer is a Qwen2 byte-level BPE (transformers' AutoTokenizer loads any qwen2-type
-# directory as Qwen2Tokenizer, with Qwen's pre-tokenizer regex and NFC hard-wired, so training with
-# the same pipeline is what keeps it identical under every loading path). Bytes as the base
-# alphabet: any character of any prompt is representable and decoding is exact. Merges that would
-# glue two grid symbols together ("##", "_P", "X√") are dropped, so a grid is one token per cell
-# whether or not its rows put spaces between cells.
-GRID_CHARS = env_sokoban.SYMBOLS  # the grid's cell symbols
-TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, turn start, turn end (= EOS)
-TINY_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-
-def joins_grid_cells(token, byte_of):
-    """True if a byte-level token decodes to two or more grid symbols (ignoring one leading space and
-    trailing newlines)."""
-    try:
-        text = bytes(byte_of[c] for c in token).decode("utf-8")
-    except UnicodeDecodeError:  # part of a multi-byte character: merging it is fine
-        return False
-    text = text.removeprefix(" ").rstrip("\n")
-    return len(text) >= 2 and any(c in GRID_CHARS for c in text) and all(c in GRID_CHARS or c in " \n" for c in text)
-
-
-def build_tiny_model(out_dir, texts, hidden=128, layers=4, heads=4, ffn=512, vocab=2048, max_positions=4096, seed=0):
-    """Train a byte-level BPE tokenizer on `texts`, build a random-init Qwen2 model, save both as a
-    Hugging Face directory (loadable with load_model / load_tokenizer / the Auto classes)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=TINY_SPECIALS,
-                                  initial_alphabet=alphabet, show_progress=False)
-    bpe.train_from_iterator(texts, trainer)
-    merges = json.loads(bpe.to_str())["model"]["merges"]
-    # keep a merge only if its parts survived and its result does not glue grid cells together
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    tokens = TINY_SPECIALS + sorted(alphabet)
-    have, kept = set(tokens), []
-    for a, b in (m.split(" ") if isinstance(m, str) else m for m in merges):
-        if a in have and b in have and a + b not in have and not joins_grid_cells(a + b, byte_of):
-            kept.append((a, b))
-            have.add(a + b)
-            tokens.append(a + b)
-    tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=kept, unk_token=None,
-                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", special=True)]})
-    tok.chat_template = TINY_CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tiny_model=True)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
-
 
 # -----------------------------------------------------------------------------
 # the maths, as pure functions
@@ -443,8 +339,8 @@ class Run:
 
 
 def setup(args, parser):
-    """Refuse bad input before any work; build the tiny model if asked, encode the data, build the
-    model and optimizer (restored from a checkpoint with --resume); write OUT/config.json."""
+    """Refuse bad input before any work; encode the data (a tiny model is built from it first), build the
+    model and the optimizer (restored with --resume); write OUT/config.json."""
     rank, world, local_rank, device = setup_distributed()  # torchrun's variables, or one plain process
     master = rank == 0
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
@@ -493,8 +389,7 @@ def setup(args, parser):
 
 
 def read_training_data(args):
-    """(records, extra_records, task): the SFT records, the extra tokenizer texts of --model tiny
-    and the data's task (from the first record's meta), refusing data too small for one batch."""
+    """(SFT records, --tiny-tokenizer-data records, the first record's meta.task); too few for a batch is refused."""
     records = read_jsonl(args.data, check=check_chat_record)
     if not records:
         raise UserError(f"no records in {args.data}")
@@ -520,8 +415,7 @@ def run_identity(args, task, n_records):
 
 
 def tiny_model_tokenizer(model_path, records, args, master, world):
-    """--model tiny: rank 0 builds OUT/tiny_init/ once (a tokenizer trained on the records' texts, a
-    random-init Qwen2), the other ranks wait; then its tokenizer is loaded like any other model's."""
+    """--model tiny: rank 0 builds OUT/tiny_init/ once from the records' texts, the other ranks wait."""
     if master and not os.path.isfile(os.path.join(model_path, "config.json")):
         texts = [x for r in records for m in r["messages"] for x in (m["role"], m["content"])]
         build_tiny_model(model_path, texts, args.tiny_hidden, args.tiny_layers, args.tiny_heads, args.tiny_ffn,
@@ -532,9 +426,8 @@ def tiny_model_tokenizer(model_path, records, args, master, world):
 
 
 def prepare_model(model, model_path, args, world, local_rank, device, resume_from):
-    """(model, ref_model, init_params): the loaded model made ready to train (checkpointed, compiled,
-    sharded or DDP-wrapped), then overwritten from a checkpoint when resuming; its initial weights
-    anchor --kl-coef (a frozen copy) and --l2-coef (a copy of the parameters)."""
+    """(model, ref_model, init_params): the model checkpointed, compiled, sharded or DDP-wrapped, with a
+    resumed checkpoint's weights; its initial weights anchor --kl-coef (a frozen copy) and --l2-coef."""
     model.config.use_cache = False
     ref_model = None
     if args.kl_coef > 0:  # loaded the same way as the policy, so that KL starts at 0
@@ -553,8 +446,10 @@ def prepare_model(model, model_path, args, world, local_rank, device, resume_fro
         model = torch.nn.parallel.DistributedDataParallel(model,
                                                           device_ids=[local_rank] if device.type == "cuda" else None)
     init_params = [p.detach().clone() for p in model.parameters()] if args.l2_coef > 0 else None
-    if resume_from:
-        load_weights(model, resume_from)
+    if resume_from:  # set_model_state_dict fills a sharded or DDP-wrapped model alike
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        weights = load_model(resume_from, "fp32", "cpu").state_dict()
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
     return model, ref_model, init_params
 
 
@@ -597,8 +492,8 @@ def full_value(x):
 
 
 def train_step(run, micro_batches):
-    """One optimizer step on this rank's micro-batches (its rank::world share of the step's global
-    plan). Returns (this rank's [ce_sum, kl_sum, real_tokens, padded_tokens], l2, grad_norm, n_sup)."""
+    """One optimizer step on this rank's micro-batches. Returns (this rank's [ce_sum, kl_sum, real_tokens,
+    padded_tokens], l2, grad_norm, n_sup)."""
     model, ref_model, args, device = run.model, run.ref_model, run.args, run.device
     # the loss is a sum over tokens divided by the supervised tokens of the whole step on every rank,
     # so that count is all-reduced first: 2 ranks x m give the update of 1 rank x 2 micro-batches of m
@@ -708,14 +603,11 @@ if __name__ == "__main__":
     run_cli(main, "sft.py")
 
 # -----------------------------------------------------------------------------
-# pitfalls this file avoids (see ../shared/STYLE.md)
-# - EOS masked out when pad == EOS: masks come from positions (encode_chats), never from ids.
-# - Prompt tokens in the loss / NaN on empty micro-batches: only supervised positions reach the loss,
-#   sums are divided once by the step's supervised-token count (never 0: every example has one).
-# - Per-micro-batch normalisation under accumulation: step_loss_scale uses the whole step's count,
-#   all-reduced over ranks, so 2 ranks x m == 1 rank x 2 accumulation steps of m.
-# - DDP: no_sync wraps forward *and* backward of all but the last micro-step (grad_sync), and the
-#   forward goes through the wrapper (calling .module would skip the all-reduce hooks).
-# - Checkpoints are written to a tmp dir and renamed, so a kill never leaves a half checkpoint
-#   that --resume would pick up; the batch plan is a function of (seed, epoch), so the data
-#   position is just the step.
+# pitfalls this file avoids (see ../shared/STYLE.md), and where
+# - EOS masked out when pad == EOS: masks come from positions, never from ids (encode_chats).
+# - Prompt tokens in the loss, NaN on an empty micro-batch: only supervised positions reach the loss (collate).
+# - Per-micro-batch normalisation under accumulation: one scale from the whole step's supervised tokens, all
+#   ranks (step_loss_scale), so 2 ranks x m == 1 rank x 2 micro-batches of m.
+# - DDP: no_sync around forward *and* backward of all but the last micro-batch, through the wrapper (grad_sync).
+# - A half-written checkpoint: written to a tmp dir and renamed (common.save_checkpoint); the batch plan is a
+#   function of (seed, epoch), so the data position is just the step (plan_epoch).

@@ -74,7 +74,7 @@ def data_dir(tmp_path_factory):
 def model_dir(data_dir, tmp_path_factory):
     records = common.read_jsonl(os.path.join(data_dir, "sokoban", "train_ans.jsonl"))
     texts = [m["content"] for r in records for m in r["messages"]]
-    return sft.build_tiny_model(str(tmp_path_factory.mktemp("cli") / "tiny"), texts, hidden=32, layers=2, heads=2,
+    return make_data.build_tiny_model(str(tmp_path_factory.mktemp("cli") / "tiny"), texts, hidden=32, layers=2, heads=2,
                                 ffn=64, vocab=400)
 
 

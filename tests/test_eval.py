@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import common
 import eval as eval_module
-import sft
+import make_data
 from eval import Samples, cut_at_stop, sample
 
 TEXTS = [
@@ -24,7 +24,7 @@ PROMPTS = ["the quick brown fox", "a", "<answer>Up</answer> the lazy dog jumps o
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), TEXTS * 4, hidden=64, layers=2, heads=4,
+    return make_data.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), TEXTS * 4, hidden=64, layers=2, heads=4,
                                 ffn=128, vocab=320)
 
 
@@ -299,7 +299,6 @@ import sys  # noqa: E402
 import env_gpoints  # noqa: E402
 import env_sokoban  # noqa: E402
 import eval as evaluation  # noqa: E402
-import make_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -422,7 +421,7 @@ def test_distill_keeps_the_first_correct_reply(data, monkeypatch):
 
 
 def test_cli_runs_on_a_tiny_model_and_reports_bad_input(data, tmp_path):
-    model_dir = sft.build_tiny_model(str(tmp_path / "tiny"), TEXTS * 4, hidden=32, layers=1, heads=2, ffn=64, vocab=300)
+    model_dir = make_data.build_tiny_model(str(tmp_path / "tiny"), TEXTS * 4, hidden=32, layers=1, heads=2, ffn=64, vocab=300)
     out = tmp_path / "gp.json"
     run = lambda *a: subprocess.run([sys.executable, "eval.py", *a], cwd=ROOT,
                                     capture_output=True, text=True)  # noqa: E731

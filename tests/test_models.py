@@ -14,7 +14,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common
-import sft  # noqa: E402
+import make_data  # noqa: E402
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -129,7 +129,7 @@ def tiny(tmp_path_factory):
                 p.uniform_(0.5, 1.5)
     stored = {key: torch.from_numpy(roundtrip(array, qtype_of(name))) for name, key, array in gguf_tensors(original)}
     folder = tmp_path_factory.mktemp("gguf")
-    path = write_gguf(str(folder / "tiny.Q4_1.gguf"), original, sft.TINY_CHAT_TEMPLATE)
+    path = write_gguf(str(folder / "tiny.Q4_1.gguf"), original, make_data.TINY_CHAT_TEMPLATE)
     out_dir = common.convert_gguf(path, str(folder / "converted"))
     return {"original": original, "stored": stored, "gguf": path, "out_dir": out_dir}
 
@@ -184,7 +184,7 @@ def test_convert_gguf_tokenizer_keeps_vocab_and_chat_template(tiny):
         assert tok.decode(ids) == text
         assert 1 not in ids  # add_bos_token false, as in the real file
     assert tok(" the").input_ids == [tok.convert_tokens_to_ids("Ġthe")]  # the merges are applied
-    assert tok.chat_template == sft.TINY_CHAT_TEMPLATE
+    assert tok.chat_template == make_data.TINY_CHAT_TEMPLATE
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok(chat).input_ids[:1] == [1] and tok(chat).input_ids.count(2) == 1  # specials stay whole

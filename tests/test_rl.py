@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import eval as eval_module  # noqa: E402
+import make_data  # noqa: E402
 import rl  # noqa: E402
 import sft  # noqa: E402
 from test_sft import WORDS  # noqa: E402
@@ -53,7 +54,7 @@ def toy(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
     data = write_toy_prompts(str(d / "prompts.jsonl"))
     texts = [f"Say a word like {w}. {w} {w.upper()} answer: {w}" for w in WORDS] * 4 + ["user", "assistant"]
-    model = sft.build_tiny_model(str(d / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64, vocab=300)
+    model = make_data.build_tiny_model(str(d / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64, vocab=300)
     return data, model
 
 

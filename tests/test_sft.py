@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common
+import make_data  # noqa: E402
 import sft  # noqa: E402
 
 TINY = ["--tiny-hidden", "32", "--tiny-layers", "2", "--tiny-heads", "2", "--tiny-ffn", "64", "--tiny-vocab", "400"]
@@ -42,7 +43,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_dir(data, tmp_path_factory):
     texts = [x for r in common.read_jsonl(data) for m in r["messages"] for x in (m["role"], m["content"])]
-    return sft.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64,
+    return make_data.build_tiny_model(str(tmp_path_factory.mktemp("m") / "tiny"), texts, hidden=32, layers=2, heads=2, ffn=64,
                                 vocab=400)
 
 

@@ -430,6 +430,7 @@ def check_prompt_record(record, task=None):
 
 SOKOBAN_VARIANTS = tuple(env_sokoban.VARIANTS)  # id alpha num rand large twoboxes complex fake
 GPOINTS_VARIANTS = tuple(env_gpoints.VARIANTS)  # id all5 all7 all12 regular large five fake
+VARIANTS = {"sokoban": SOKOBAN_VARIANTS, "gpoints": GPOINTS_VARIANTS}
 STOP_STRINGS = {"sokoban": ("</answer>",), "gpoints": (), "base": ("</answer>",)}
 
 
@@ -637,7 +638,7 @@ def format_report(task, rows):
     """One Markdown table from several result files: a row per method (success, and the paper's
     success below it where the method is one of Table 1's), variants as columns. General Points
     results that hold `values_read` get a second table of it."""
-    variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
+    variants = VARIANTS[task]
     lines = ["| method | " + " | ".join(variants) + " | mean w/o Fake |", "|---|" + "---|" * (len(variants) + 1)]
     for label, results in rows:
         cells = [f"{results[v]['success']:.2f}" if v in results else "-" for v in variants]
@@ -678,7 +679,7 @@ def _save_png(fig, path):
 def plot_report(task, rows, path):
     """Table 1 as a figure: one panel per method, success per variant, ours beside the paper's (where the
     method is one of Table 1's rows). Needs matplotlib (an optional extra)."""
-    variants = SOKOBAN_VARIANTS if task == "sokoban" else GPOINTS_VARIANTS
+    variants = VARIANTS[task]
     fig, axes = _panels("--plot", len(rows), (8, 1.9 * len(rows) + 0.6), sharex=True)
     x = range(len(variants))
     for ax, (label, results) in zip(axes, rows):
@@ -828,7 +829,7 @@ def check_args(args):
             if path:
                 check_out_dir(os.path.dirname(os.path.abspath(path)), f"{flag} {path}")
         return
-    variants = SOKOBAN_VARIANTS if args.task == "sokoban" else GPOINTS_VARIANTS if args.task == "gpoints" else ()
+    variants = VARIANTS.get(args.task, ())
     positive = [("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-rows", args.batch_rows)]
     refuse([
         (args.sweep and (args.model or args.distill),
@@ -866,8 +867,7 @@ def main(argv=None):
     if run.task == "base":
         sets = {"base": read_jsonl(os.path.join(run.data, "base", "eval.jsonl"))[:run.limit]}
     else:
-        sets = load_eval_sets(run.data, run.task, run.variants or (SOKOBAN_VARIANTS if run.task == "sokoban"
-                                                                   else GPOINTS_VARIANTS), run.limit)
+        sets = load_eval_sets(run.data, run.task, run.variants or VARIANTS[run.task], run.limit)
     make_out_dirs(run.out)  # now, not at the end, when the work would be lost
     return run_sweep(run, sets) if run.sweep else run_evaluation(run, sets)
 

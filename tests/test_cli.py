@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -297,18 +296,22 @@ def test_resume_with_changed_data_is_refused(data_dir, model_dir, tmp_path, monk
 
 def test_one_run_per_output_folder(tmp_path):
     out = str(tmp_path / "out")
-    common.prepare_run_dir(out, False, True, 1)  # this process holds the lock now
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    common.prepare_run_dir(out, False, True, 1)  # this process holds the lock now, and may take it again
+    common.prepare_run_dir(out, True, True, 1)
+    common._LOCKS.pop(os.path.realpath(out)).close()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('pid 1 on h'); f.flush(); print('held', flush=True); "
+                               "time.sleep(60)", os.path.join(out, ".lock")], stdout=subprocess.PIPE, text=True)
     try:
-        with open(os.path.join(out, ".lock"), "w") as f:  # a live process on this host holds it
-            f.write(f"{other.pid} {socket.gethostname()}")
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(common.UserError, match="in use by another run"):
             common.prepare_run_dir(out, True, True, 1)
     finally:
-        other.kill()
-        other.wait()
-    common.prepare_run_dir(out, True, True, 1)  # its process is gone: the lock is taken over
-    assert open(os.path.join(out, ".lock")).read().split()[0] == str(os.getpid())
+        holder.kill()
+        holder.wait()
+    common.prepare_run_dir(out, True, True, 1)  # its process is gone, and with it the lock
+    assert open(os.path.join(out, ".lock")).read().split()[1] == str(os.getpid())
+    common._LOCKS.pop(os.path.realpath(out)).close()
 
 
 def test_sweep_skips_a_corrupt_checkpoint_and_resumes(data_dir, model_dir, tmp_path, monkeypatch, capsys):

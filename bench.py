@@ -7,6 +7,8 @@
     python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate (SDPA) and vs no cache
     python bench.py tricks [--model smollm2] [--dtype bf16]  # each sampler speed trick on vs off, on the study's work
     python bench.py same --rev b9bdb22        # the tiny pipeline's outputs here vs at a git revision, byte for byte
+    python bench.py plan                      # the paper-scale recipe's memory plans (Qwen2.5-7B's shape, 8 GPUs)
+    python bench.py gpu                       # the CUDA check: bf16/SDPA, sampler == generate, NCCL and FSDP steps, MFU
 
 The peers (gym-sokoban, the Trainer's extras) are installed only for benchmarking and are never
 dependencies of the project. Each benchmark's last line is its headline ratio.
@@ -403,7 +405,7 @@ def _generate(model, prompts, max_new_tokens, eos_ids, pad_id, temperature, n=1)
     """The peer: Hugging Face `model.generate` on the left-padded batch (top-k off, as in the sampler),
     n samples per prompt."""
     import torch
-    ids_BT, mask_BT = _left_pad(prompts, pad_id)
+    ids_BT, mask_BT = (x.to(model.device) for x in _left_pad(prompts, pad_id))
     mode = dict(do_sample=False)
     if temperature > 0:
         mode = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
@@ -778,10 +780,252 @@ def bench_same(args):
 
 
 # -----------------------------------------------------------------------------
+# plan and gpu: models of Qwen2.5's shapes, built from their configs with no weights read
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler", "tricks", "same"],
+QWEN25_SHAPES = {  # from Qwen2.5's published config.json files
+    "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+RECIPE_RL_FLAGS = ["--fsdp", "--max-new-tokens", "1024"]  # the README recipe's RL (warm) row; the rest: the defaults
+
+
+def qwen25_config(shape, **extra):
+    """A Qwen2Config of one of QWEN25_SHAPES (or a dict of the same keys)."""
+    from transformers import Qwen2Config
+    shape = QWEN25_SHAPES[shape] if isinstance(shape, str) else shape
+    return Qwen2Config(**shape, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, **extra)
+
+
+def count_params(config):
+    """Parameters of the model a config builds, counted on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+
+
+def bench_plan(args):
+    """sft.py's and rl.py's memory plans for the README's paper-scale recipe: Qwen2.5-7B's shape on
+    --gpus GPUs, rl.py with RECIPE_RL_FLAGS and prompts of --prompt-tokens tokens."""
+    import common
+    import rl
+    import sft
+    common.refuse([(min(args.gpus, args.prompt_tokens) < 1, "plan: --gpus and --prompt-tokens must be >= 1")])
+    rl_args = rl.get_parser().parse_args(["--model", "-", "--data", "-", "--out", "-"] + RECIPE_RL_FLAGS)
+    rl.check_args(rl_args, args.gpus)  # as rl.py would refuse it
+    config = qwen25_config("7B")
+    n_params = count_params(config)
+    print(f"Qwen2.5-7B's shape: {n_params:,} parameters, {args.gpus} GPUs")
+    print(f"sft.py --fsdp: {sft.memory_plan(n_params, args.gpus, True, False)}")
+    print(f"rl.py {' '.join(RECIPE_RL_FLAGS)} (prompts of up to {args.prompt_tokens} tokens): "
+          f"{rl.memory_plan(rl_args, config, n_params, args.gpus, args.prompt_tokens, 'cuda')}")
+
+
+# dense bf16 tensor-core FLOP/s from the vendors' data sheets; the first name found in the device's wins
+GPU_BF16_PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                  ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12)]
+# what `gpu` runs: small enough for a few minutes on one GPU, big enough to keep it busy
+GPU_SIZES = dict(sft_chats=512, sft_batch=128, sft_micro=32, sft_steps=20, rl_prompts=32, rl_group=8, rl_new=256,
+                 rl_micro=16, rl_steps=4, greedy_prompts=16, greedy_new=32, fsdp_steps=2)
+
+
+def bench_gpu(args):
+    """The CUDA check (refused without a GPU): gpu_check on a random model of Qwen2.5-0.5B's shape."""
+    import torch
+    import common
+    if not torch.cuda.is_available():
+        raise common.UserError("gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU node")
+    return gpu_check(torch.device("cuda"), "0.5B", GPU_SIZES, args.seed, torch.cuda.device_count())
+
+
+def gpu_check(device, shape, sizes, seed, gpus):
+    """On `device`, with no network and no downloaded weights: (1) bf16 autocast and SDPA run and agree
+    with fp32 and eager attention; (2) the sampler's greedy output equals `generate`'s; (3) sft.py and
+    rl.py steps under torchrun, one process (NCCL on CUDA), and with --fsdp over `gpus` processes when
+    there are several; (4) their tokens/s and model FLOP utilisation against the GPU's bf16 peak.
+    A check that raises is a failed check, and the others still run. Prints a table of checks;
+    returns 1 if one failed."""
+    import json
+    import os
+    import tempfile
+    import time
+    import traceback
+    import torch
+    import common
+    t0 = time.time()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = next((flops for key, flops in GPU_BF16_PEAKS if key in name), None)
+    print(f"{name} x{gpus}, bf16 peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (MFU unknown)'}; "
+          f"torch {torch.__version__}; a random model of {f'Qwen2.5-{shape}' if isinstance(shape, str) else 'a'} "
+          "shape", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+        chats = _sft_synthetic_chats(sizes["sft_chats"], seed)
+        rl_records = common.read_jsonl(os.path.join(_make_sokoban_data(tmp, "--scale", "small"), "rl.jsonl"))
+        texts = [m["content"] for r in chats + rl_records for m in r["messages"]]
+        model_dir = _random_model_dir(os.path.join(tmp, "model"), texts, shape, device, seed)
+        sft_data, rl_data = os.path.join(tmp, "sft.jsonl"), os.path.join(tmp, "rl.jsonl")
+        for path, records in ((sft_data, chats), (rl_data, rl_records)):
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        checks = []
+        for stage, run in (("(1)-(2) numerics", lambda: _numerics_checks(model_dir, rl_records, device, sizes)),
+                           ("(3)-(4) runs", lambda: _run_checks(model_dir, sft_data, rl_data, device, sizes, peak,
+                                                                gpus))):
+            try:
+                checks += run()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # the runs are other processes: leave them this one's cache
+            except Exception as e:  # a GPU's time is scarce: report it, go on
+                traceback.print_exc()
+                checks.append((stage, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+    print(f"{'check':44s} {'':4s} detail")
+    for what, ok, detail in checks:
+        print(f"{what:44s} {'ok' if ok else 'FAIL':4s} {detail}")
+    failed = [what for what, ok, _ in checks if not ok]
+    print(f"gpu check: {len(checks) - len(failed)} of {len(checks)} passed in {time.time() - t0:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _random_model_dir(out_dir, texts, shape, device, seed):
+    """A Hugging Face directory: a random-init Qwen2 of `shape` beside sft.py's tiny byte-level BPE
+    trained on `texts` (its ids are a subset of the model's vocabulary)."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+    import common
+    import sft
+    tok = common.load_tokenizer(sft.build_tiny_model(f"{out_dir}-tiny", texts, seed=seed))  # its tokenizer only
+    config = qwen25_config(shape, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def _numerics_checks(model_dir, rl_records, device, sizes):
+    """(1) bf16 autocast and SDPA against fp32 and eager attention on random tokens; (2) the sampler's
+    greedy replies to RL prompts against `generate`'s. Returns [(check, ok, detail)]."""
+    import torch
+    import common
+    import sft
+    from eval import sample
+    model, tok = common.load_model(model_dir, "fp32", device).eval(), common.load_tokenizer(model_dir)
+    ids_BT = torch.randint(3, len(tok), (4, 256), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        fp32_BTV = model(input_ids=ids_BT).logits.float()
+        with common.autocast_ctx(device, "bf16"):
+            bf16_BTV = model(input_ids=ids_BT).logits
+        attention = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        eager_BTV = model(input_ids=ids_BT).logits.float()
+        model.set_attn_implementation(attention)
+    top1 = (bf16_BTV.float().argmax(-1) == fp32_BTV.argmax(-1)).float().mean().item()
+    eager_diff = (eager_BTV - fp32_BTV).abs().max().item()
+    checks = [(f"bf16 autocast forward ({attention} attention)",
+               bf16_BTV.dtype == torch.bfloat16 and bool(bf16_BTV.isfinite().all()) and top1 > 0.5,
+               f"logits {bf16_BTV.dtype}, top-1 token as fp32's at {top1:.1%} of positions"),
+              (f"{attention} attention vs eager, fp32", attention == ("sdpa" if device.type == "cuda" else "eager")
+               and eager_diff < 1e-3, f"largest logit difference {eager_diff:.2e}")]
+    prompts = sft.encode_prompts(tok, [r["messages"] for r in rl_records[:sizes["greedy_prompts"]]])
+    eos_ids = sorted(sft.end_of_turn_ids(tok))
+    ours = sample(model, prompts, temperature=0.0, max_new_tokens=sizes["greedy_new"], eos_ids=eos_ids).ids
+    theirs = _generate(model, prompts, sizes["greedy_new"], eos_ids, tok.pad_token_id, 0.0)
+    same = sum(a == b for a, b in zip(ours, theirs))
+    checks.append(("sampler greedy == generate, fp32", same == len(prompts),
+                   f"{same}/{len(prompts)} replies identical, {sizes['greedy_new']} new tokens"))
+    return checks
+
+
+def _torchrun(script, nproc, argv):
+    """Run SCRIPT.py under torchrun (NCCL on GPUs, gloo on a CPU); returns (ok, last stderr line)."""
+    import os
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                          timeout=600)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    return proc.returncode == 0, "" if proc.returncode == 0 else f"exit {proc.returncode}: {lines[-1] if lines else ''}"
+
+
+def _log(out):
+    import json
+    import os
+    return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+
+
+def _run_checks(model_dir, sft_data, rl_data, device, sizes, peak, gpus):
+    """(3) one-process sft.py and rl.py runs under torchrun, and --fsdp runs over every GPU when there
+    are several; (4) their tokens/s and MFU (steps after the first). Returns [(check, ok, detail)]."""
+    import os
+    import common
+    import sft
+    from transformers import AutoConfig
+    tmp, tok, config, checks = os.path.dirname(model_dir), common.load_tokenizer(model_dir), \
+        AutoConfig.from_pretrained(model_dir), []
+    mfu = lambda flops_per_s: f"MFU {flops_per_s / peak:.1%}" if peak else "MFU unknown"
+    backend = "NCCL" if device.type == "cuda" else "gloo"
+    sft_argv = ["--model", model_dir, "--data", sft_data, "--batch-size", str(sizes["sft_batch"]),
+                "--micro-batch-size", str(sizes["sft_micro"]), "--lr", "1e-5", "--log-every", "1"]
+    out = os.path.join(tmp, "sft")
+    ok, error = _torchrun("sft.py", 1, sft_argv + ["--out", out, "--max-steps", str(sizes["sft_steps"])])
+    detail = error
+    if ok:  # model FLOPs of a trained token, as bench.py sft counts them
+        examples = sft.encode_chats(tok, [r["messages"] for r in common.read_jsonl(sft_data)])
+        n_tokens = sum(len(ids) for ids, _ in examples)
+        flops = training_flops_per_token(config, sum(len(ids) ** 2 for ids, _ in examples) / n_tokens,
+                                         sum(sum(m) for _, m in examples) / n_tokens)
+        rows = _log(out)[1:]
+        tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
+        detail = f"{tps:,.0f} tokens/s, {tps * flops / 1e12:.1f} TFLOP/s, {mfu(tps * flops)}"
+    checks.append((f"sft.py, torchrun x1 ({backend}, bf16)", ok, detail))
+
+    rl_argv = ["--algo", "grpo", "--model", model_dir, "--data", rl_data, "--prompts-per-step",
+               str(sizes["rl_prompts"]), "--group-size", str(sizes["rl_group"]), "--max-new-tokens",
+               str(sizes["rl_new"]), "--micro-batch-size", str(sizes["rl_micro"]), "--log-every", "1"]
+    out = os.path.join(tmp, "rl")
+    ok, error = _torchrun("rl.py", 1, rl_argv + ["--out", out, "--max-steps", str(sizes["rl_steps"])])
+    checks.append((f"rl.py GRPO, torchrun x1 ({backend}, bf16)", ok,
+                   error or _grpo_speed(out, rl_data, tok, config, sizes, mfu)))
+    if gpus > 1:  # batches divisible by the ranks (a repeated flag: argparse keeps the last)
+        divisible = {"sft.py": ["--batch-size", str(sizes["sft_micro"] * gpus)],
+                     "rl.py": ["--prompts-per-step", str(gpus * max(1, sizes["rl_prompts"] // gpus))]}
+        for script, argv in (("sft.py", sft_argv), ("rl.py", rl_argv)):
+            ok, error = _torchrun(script, gpus, argv + divisible[script] + [
+                "--out", os.path.join(tmp, f"fsdp-{script}"), "--fsdp", "--max-steps", str(sizes["fsdp_steps"])])
+            checks.append((f"{script} --fsdp, torchrun x{gpus} ({backend})", ok, error or "ran"))
+    return checks
+
+
+def _grpo_speed(out, rl_data, tok, config, sizes, mfu):
+    """GRPO's tokens/s and MFU over the steps after the first: sampling (each prompt prefilled once for
+    its group, then every reply token decoded) and learning (one forward and backward of every row)."""
+    import common
+    import sft
+    prompts = sft.encode_prompts(tok, [r["messages"] for r in common.read_jsonl(rl_data)])
+    P = sum(map(len, prompts)) / len(prompts)  # the compact prompts are of nearly one length
+    rows, log = sizes["rl_prompts"] * sizes["rl_group"], _log(out)[1:]
+    R = sum(r["response_length"] for r in log) / len(log)
+    sample_s, learn_s = sum(r["sample_s"] for r in log) / len(log), sum(r["learn_s"] for r in log) / len(log)
+    sample_flops = (sizes["rl_prompts"] * P * training_flops_per_token(config, P, 0)
+                    + rows * R * training_flops_per_token(config, P + R, 1)) / 3  # forward only: a third
+    learn_flops = rows * (P + R) * training_flops_per_token(config, P + R, R / (P + R))
+    return (f"sampling {rows * R / sample_s:,.0f} new tokens/s ({mfu(sample_flops / sample_s)}), learning "
+            f"{rows * (P + R) / learn_s:,.0f} tokens/s ({mfu(learn_flops / learn_s)}), the step "
+            f"{mfu((sample_flops + learn_flops) / (sample_s + learn_s))}; {rows} replies of {R:.0f} tokens to "
+            f"prompts of {P:.0f}")
+
+
+# -----------------------------------------------------------------------------
+
+def main():
+    import common
+    parser = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["envs", "sft", "encode", "sampler", "tricks", "same", "plan", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--rev", default="HEAD", help="same: the git revision to compare the working tree with")
     parser.add_argument("--model", default=None,
@@ -792,9 +1036,16 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
     parser.add_argument("--rooms", type=int, default=None,
                         help="tricks: test rooms per variant and RL prompts (default 6 / 8 tiny, 16 / 16 otherwise)")
+    parser.add_argument("--gpus", type=int, default=8, help="plan: GPUs the recipe runs on")
+    parser.add_argument("--prompt-tokens", type=int, default=512, help="plan: the longest RL prompt, in tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")
     benches = {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler,
-               "tricks": bench_tricks, "same": bench_same}
+               "tricks": bench_tricks, "same": bench_same, "plan": bench_plan, "gpu": bench_gpu}
     sys.exit(benches[args.which](args) or 0)
+
+
+if __name__ == "__main__":
+    import common
+    common.run_cli(main, "bench.py")  # a UserError (a bad flag, `gpu` without a GPU) is one line, exit status 2

@@ -16,12 +16,16 @@ objective (grpo_loss, ppo_loss). `--model` is a Hugging Face directory, e.g. an 
     # one node, 8 GPUs
     torchrun --standalone --nproc_per_node=8 rl.py --algo ppo --model runs/gp-cot-warm/final \
         --data data/gpoints/rl.jsonl --out runs/gp-ppo
-    # 2 CPU processes (gloo), e.g. to check DDP
-    torchrun --standalone --nproc_per_node=2 rl.py --model ... --data ... --out ... --dtype fp32
+    # one node, 8 GPUs, a 7-8B policy: its weights, grads and AdamW state sharded (FSDP2)
+    torchrun --standalone --nproc_per_node=8 rl.py --algo grpo --model runs/q7-sokoban-cot-warm/final --fsdp \
+        --data data/sokoban/rl.jsonl --out runs/q7-sokoban-rl
+    # 2 CPU processes (gloo), e.g. to check DDP or FSDP
+    torchrun --standalone --nproc_per_node=2 rl.py --model ... --data ... --out ... --dtype fp32 [--fsdp]
 
 Outputs as in sft.py: OUT/config.json, OUT/log.jsonl, OUT/step_N/ and OUT/final/ (PPO adds
-value_head.pt); `--resume` continues exactly; bad input is one line `rl.py: error: ...` (exit 2)
-before any work; SIGTERM / Ctrl-C save OUT/step_N/ after the step and exit with 128 + the signal.
+value_head.pt); the memory plan per process is printed at start; `--resume` continues exactly; bad
+input is one line `rl.py: error: ...` (exit 2) before any work; SIGTERM / Ctrl-C save OUT/step_N/
+after the step and exit with 128 + the signal.
 """
 # Reading order: arguments; the maths as pure functions; the two objectives; the policy; data;
 # checkpoints; setup; the pieces of a step; the loop (main). The sampler and the rewards are eval.py's.
@@ -40,6 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
 import common
@@ -89,6 +94,7 @@ def get_parser():
     g.add_argument("--sample-batch-rows", type=int, default=0, help="most rows the sampler decodes at once (0: all)")
     g = p.add_argument_group("system")
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype (weights stay fp32)")
+    g.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer over ranks (FSDP2)")
     g.add_argument("--seed", type=common.seed, default=0, help="seed of the prompt order and of every sample")
     common.add_run_flags(g, default_log_every=1)
     g.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-data every this many steps")
@@ -128,6 +134,7 @@ def check_args(args, world):
         (args.algo == "grpo" and (args.vf_coef != 0.5 or args.vf_lr != 1e-5 or args.gamma != 1.0 or args.lam != 0.95),
          "--vf-coef/--vf-lr/--gamma/--lam are PPO flags; GRPO has no value head"),
         (args.eval_every and not args.eval_data, "--eval-every needs --eval-data"),
+        (args.fsdp and world == 1, "--fsdp shards over ranks: run it under torchrun with more than one process"),
         (args.resume and args.overwrite, "--resume continues OUT's run and --overwrite deletes it: pass one of them"),
     ])
     return mini
@@ -263,11 +270,13 @@ class Policy(nn.Module):
         self.lm, self.value_head = lm, value_head
 
     def forward(self, ids_BT, kept_BT):
-        # right padding + causal attention: real tokens never see the pads, so no attention mask
+        # right padding + causal attention: real tokens never see the pads, so no attention mask.
+        # Always through the LM's own forward, which under FSDP is what gathers its weights.
         if self.value_head is None:
             return self.lm(input_ids=ids_BT, logits_to_keep=kept_BT).logits, None
-        h_KH = self.lm.get_decoder()(input_ids=ids_BT).last_hidden_state[kept_BT]
-        return self.lm.get_output_embeddings()(h_KH), self.value_head(h_KH).squeeze(-1).float()
+        out = self.lm(input_ids=ids_BT, logits_to_keep=kept_BT, output_hidden_states=True)
+        h_KH = out.hidden_states[-1][kept_BT]  # the last hidden state, after the final norm
+        return out.logits, self.value_head(h_KH).squeeze(-1).float()
 
 
 def response_logprobs(model, mb, temperature, dtype):
@@ -284,11 +293,12 @@ def response_logprobs(model, mb, temperature, dtype):
 class Models:
     """What rl.py samples with and trains."""
 
-    lm: nn.Module  # the language model; the sampler gets it unwrapped
+    lm: nn.Module  # the language model; the sampler gets it without DDP's wrapper (under FSDP: in full_weights)
     ref: Policy  # the frozen initial model (--kl-coef), or None
     head: nn.Module  # PPO's value head, or None
     policy: Policy  # lm + head in one module
-    model: nn.Module  # policy, DDP-wrapped on several ranks (the loss forward goes through it: backward all-reduces)
+    model: nn.Module  # policy, DDP-wrapped on several ranks (the loss forward goes through it: backward all-reduces);
+    #                   under FSDP the policy itself, whose LM, reference and head are sharded
     params: list  # the trained parameters (lm and head)
     optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer  # or None
@@ -296,13 +306,13 @@ class Models:
 
 def build_models(args, resume_from, world, local_rank, device):
     """The policy (from the checkpoint when resuming), the frozen reference, PPO's value head, the DDP
-    wrapper and the optimizers."""
+    wrapper or FSDP's shards, and the optimizers."""
     # fp32 master weights, autocast does the rest. Dropout: every module stays in eval mode for the
     # whole run, the loss forwards included (autograd does not need train mode), so the forward that
     # computes the loss is the forward that sampled.
     lm = load_model(resume_from or args.model, "fp32", device).eval()
     lm.config.use_cache = False
-    ref = Policy(load_model(args.model, "fp32", device).eval().requires_grad_(False)) if args.kl_coef > 0 else None
+    ref_lm = load_model(args.model, "fp32", device).eval().requires_grad_(False) if args.kl_coef > 0 else None
     head = None
     if args.algo == "ppo":
         head = nn.Linear(lm.config.hidden_size, 1)
@@ -310,13 +320,47 @@ def build_models(args, resume_from, world, local_rank, device):
         head = head.to(next(lm.parameters()).device)
     policy = Policy(lm, head).eval()
     model = policy
-    if world > 1:
+    if args.fsdp:  # FSDP2, as sft.py: each decoder layer, then the LM (the root the sampler calls); the head apart
+        from torch.distributed.fsdp import fully_shard
+        for m in (lm, ref_lm):
+            if m is not None:
+                for layer in m.model.layers:
+                    fully_shard(layer)
+                # the policy keeps its root's weights from forward to backward; the reference has no backward
+                fully_shard(m, reshard_after_forward=m is ref_lm)
+        if head is not None:
+            fully_shard(head)
+    elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(policy,
                                                           device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay, **fused_adamw())
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  **fused_adamw(args.fsdp))
     head_optimizer = torch.optim.AdamW(head.parameters(), lr=args.vf_lr, weight_decay=0.0) if head is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
+    ref = Policy(ref_lm) if ref_lm is not None else None
     return Models(lm, ref, head, policy, model, params, optimizer, head_optimizer)
+
+
+@contextlib.contextmanager
+def full_weights(lm, fsdp):
+    """The LM's whole weights on every rank while the block runs: under --fsdp its shards are gathered
+    once for the rollouts (rather than layer by layer at every decoded token) and freed on exit.
+    Collective: every rank enters it."""
+    if not fsdp:
+        yield
+        return
+    layers = list(lm.model.layers)
+    for layer in layers:
+        layer.set_reshard_after_forward(False)
+    for module in layers + [lm]:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.set_reshard_after_forward(True)
+        for module in layers + [lm]:
+            module.reshard()
 
 # -----------------------------------------------------------------------------
 # data: prompts, which prompts a step uses, micro-batches of rows
@@ -397,6 +441,8 @@ def scatter(chunks_N, mask_BR):
 # -----------------------------------------------------------------------------
 # checkpoints: save_checkpoint for the LM and its optimizer, plus the value head for PPO
 
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on rank 0, as save_checkpoint
+
 
 def save_rl_checkpoint(run, name, step):
     """OUT/name/: the LM, its optimizer and (PPO) the value head; collective, every rank calls it."""
@@ -404,9 +450,11 @@ def save_rl_checkpoint(run, name, step):
     # checkpoint complete for --resume), so a complete step_N/ always has its head
     args, models, master = run.args, run.models, run.rank == 0
     pending = os.path.join(args.out, f".{name}.value_head.pt")
-    if models.head is not None and master:
-        os.makedirs(args.out, exist_ok=True)
-        torch.save({"head": models.head.state_dict(), "optimizer": models.head_optimizer.state_dict()}, pending)
+    if models.head is not None:  # full tensors (gathered from FSDP's shards) on rank 0
+        head, optimizer = get_state_dict(models.head, models.head_optimizer, options=FULL_STATE)
+        if master:
+            os.makedirs(args.out, exist_ok=True)
+            torch.save({"head": head, "optimizer": optimizer}, pending)
     save_checkpoint(args.out, name, models.lm, run.tokenizer, models.optimizer, None, step, args, run.rank)
     if models.head is not None and master:
         os.replace(pending, os.path.join(args.out, name, "value_head.pt"))
@@ -421,7 +469,8 @@ def resume_training(models, resume_from, out_dir, device):
         if not os.path.isfile(path):
             path = os.path.join(out_dir, f".{os.path.basename(resume_from)}.value_head.pt")
         saved = torch.load(path, map_location=device, weights_only=False)
-        models.head.load_state_dict(saved["head"]), models.head_optimizer.load_state_dict(saved["optimizer"])
+        set_state_dict(models.head, models.head_optimizer, model_state_dict=saved["head"],
+                       optim_state_dict=saved["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state["step"]
 
 
@@ -481,6 +530,7 @@ def setup(args, reward_fn, correct_fn):
                   n_params=sum(p.numel() for p in models.params), longest_prompt=max(len(p) for p in prompts))
     if master:
         print(json.dumps(config, indent=1))
+        print(memory_plan(args, models.lm.config, config["n_params"], world, config["longest_prompt"], device.type))
         start_run_files(args.out, config, start_step)
     # one update a step (GRPO's default) and neither a reference nor a value head: the policy being
     # updated is the one that sampled, so the update's own log-probs, detached, are the old ones and the
@@ -488,6 +538,22 @@ def setup(args, reward_fn, correct_fn):
     prepass = updates > 1 or models.ref is not None or models.head is not None
     return Run(args, rank, world, device, tokenizer, prompts, [r["meta"] for r in records], models, mini // world,
                prepass, start_step, reward_fn, correct_fn)
+
+
+def memory_plan(args, config, n_params, world, longest_prompt, device_type):
+    """sft.memory_plan with what RL adds per process: the reference (--kl-coef; sharded under --fsdp),
+    the full weights gathered for the rollouts (--fsdp) and the KV cache of the rows the sampler
+    decodes at once: rows x (prompt + --max-new-tokens) x layers x 2 (K, V) x kv_heads x head_dim x bytes."""
+    local, group = args.prompts_per_step // world, args.group_size
+    prompts = min(local, max(1, args.sample_batch_rows // group)) if args.sample_batch_rows else local
+    tokens = sft.pad_length(sft.pad_length(longest_prompt, args.pad_multiple) + args.max_new_tokens, args.pad_multiple)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_cache = (prompts * group * tokens * config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim
+                * (4 if args.dtype == "fp32" else 2))
+    extra = ([("reference", 4 * n_params / (world if args.fsdp else 1))] * (args.kl_coef > 0)
+             + [("gathered weights", 4 * n_params)] * args.fsdp
+             + [(f"KV cache ({prompts * group} rows x {tokens} tokens)", kv_cache)])
+    return sft.memory_plan(n_params, world, args.fsdp, False, device_type, extra)
 
 # -----------------------------------------------------------------------------
 # the RL step: rollout -> old / reference log-probs -> advantages -> update -> log
@@ -515,9 +581,9 @@ class Rollout:
 
 
 def rollout(run, idx, seed):
-    """`group_size` scored replies to each of the records `idx`, from the sampler with the unwrapped LM."""
+    """`group_size` scored replies to each of the records `idx`, from the sampler with the whole LM."""
     args, prompts = run.args, [run.prompts[i] for i in idx]
-    with autocast_ctx(run.device, args.dtype):
+    with full_weights(run.models.lm, args.fsdp), autocast_ctx(run.device, args.dtype):
         out = sample(run.models.lm, prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, stop_strings=args.stop, tokenizer=run.tokenizer, seed=seed,
                      return_logprobs=True, max_batch_rows=args.sample_batch_rows or None,
@@ -630,7 +696,8 @@ def update(run, ro, seed):
             scale = sft.step_loss_scale(n_tokens, world)  # token-level averaging over the mini-batch, all ranks
             micro_batches = split_rows(minibatch, args.micro_batch_size)
             for k, rows in enumerate(micro_batches):
-                with grad_sync(models.model, k == len(micro_batches) - 1):  # DDP all-reduces in the last one
+                # DDP all-reduces in the last micro-batch; FSDP reduce-scatters in each, so grads stay sharded
+                with grad_sync(models.model, k == len(micro_batches) - 1 or args.fsdp):
                     loss, terms = micro_batch_loss(run, ro, rows, scale)
                     loss.backward()
                 if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler
@@ -640,7 +707,8 @@ def update(run, ro, seed):
                     stats.logp_sampler_diff += (terms["logp_N"] - sampler_N).abs().sum().item()
                     stats.first_tokens += len(terms["logp_N"])
                 stats.add(terms)
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(models.params, args.grad_clip or float("inf"))))
+            grad_norms.append(sft.full_value(torch.nn.utils.clip_grad_norm_(models.params,
+                                                                            args.grad_clip or float("inf"))))
             for optimizer in (models.optimizer, models.head_optimizer):
                 if optimizer is not None:
                     if math.isfinite(grad_norms[-1]):  # a non-finite norm: no update, and main stops the run
@@ -685,7 +753,7 @@ def log_line(row, args):
             f"time {row['sample_s']:.1f}s+{row['learn_s']:.1f}s")
 
 # -----------------------------------------------------------------------------
-# evaluation hook (rank 0 only, the unwrapped model)
+# evaluation hook (rank 0 only, the LM without DDP's wrapper; under FSDP, in full_weights)
 
 
 def evaluate_now(run, step, ro):
@@ -760,10 +828,11 @@ def main(argv=None, reward_fn=None, correct_fn=None):
                             f"this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}); try a lower "
                             "--lr or --grad-clip 1")
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            if master:  # the scores join the returned row; log.jsonl has the step already
-                row.update(evaluate_now(run, step + 1, ro))
-            if world > 1:
-                dist.barrier()
+            with full_weights(run.models.lm, args.fsdp):
+                if master:  # the scores join the returned row; log.jsonl has the step already
+                    row.update(evaluate_now(run, step + 1, ro))
+                if world > 1:
+                    dist.barrier()
         stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
             save_rl_checkpoint(run, f"step_{step + 1}", step + 1)
@@ -773,7 +842,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         save_rl_checkpoint(run, "final", args.max_steps)
         if master:
             print(f"saved {os.path.join(args.out, 'final')}")
-    if world > 1:
+    if world > 1 and not args.fsdp:  # FSDP's ranks hold different shards
         check_replicas(run.models.params, world, device, master)
     finish_run("rl.py", args.out, stop and step + 1, stopper, master, pbar)
     return rows_log
@@ -793,3 +862,5 @@ if __name__ == "__main__":
 # - Per-micro-batch normalisation: token losses are sums, scaled once by
 #   sft.step_loss_scale(tokens of the mini-batch over all ranks).
 # - The reference model is frozen (requires_grad False) and in eval mode.
+# - Decoding a sharded model: under --fsdp every layer would all-gather its weights at every
+#   decoded token; full_weights gathers them once for the step's rollouts.

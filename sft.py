@@ -472,14 +472,17 @@ def resume_training(resume_from, model, optimizer, scaler):
     return state["step"]
 
 
-def memory_plan(n_params, world, fsdp, kl, device_type="cuda"):
-    """Bytes per GPU (per process on CPU) for fp32 weights and grads and AdamW's two fp32 moments."""
+def memory_plan(n_params, world, fsdp, kl, device_type="cuda", extra=()):
+    """Bytes per GPU (per process on CPU) for fp32 weights and grads and AdamW's two fp32 moments, the
+    KL reference and `extra` (name, bytes) terms (rl.py's rollouts), before activations."""
     gib = lambda n_bytes: f"{n_bytes / 2**30:.2f} GiB"
     n = n_params / (world if fsdp else 1)
-    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): weights {gib(4 * n)} + "
-            f"grads {gib(4 * n)} + AdamW {gib(8 * n)}{' + KL reference ' + gib(4 * n_params) if kl else ''} "
+    terms = [("weights", 4 * n), ("grads", 4 * n), ("AdamW", 8 * n)] + [("KL reference", 4 * n_params)] * kl
+    terms += list(extra)
+    return (f"memory plan ({n_params / 1e6:.1f}M params, {'FSDP' if fsdp else 'DDP'} x{world}): "
+            + " + ".join(f"{name} {gib(b)}" for name, b in terms) + f" = {gib(sum(b for _, b in terms))} "
             f"{'per GPU' if device_type == 'cuda' else 'per process'}, plus activations "
-            f"[DDP would need {gib(16 * n_params)}, FSDP {gib(16 * n_params / world)}]")
+            f"[weights, grads and AdamW under DDP {gib(16 * n_params)}, under FSDP {gib(16 * n_params / world)}]")
 
 
 # -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tests of rl.py on CPU: the maths against hand-computed values and plain loops, the log-probs of
 the training forward against the sampler's, and the script end to end with a tiny model and toy
 rewards (injected through rl.main's Python API): parameters move, reward rises, 2-rank DDP runs,
-resume is exact, bad flags are refused at start-up."""
+2-rank FSDP trains as one process (slow), resume is exact, bad flags are refused at start-up."""
 import json
 import math
 import os
@@ -253,6 +253,111 @@ def test_ddp_two_ranks_gloo(toy, tmp_path, algo):
     assert os.path.isfile(tmp_path / "r" / "final" / "model.safetensors")
 
 # -----------------------------------------------------------------------------
+# FSDP: two gloo ranks train as one process, resume exactly, and save a plain checkpoint
+
+
+def fixed_replies(model, prompt_ids, *, n=1, max_new_tokens=256, tokenizer=None, **_):
+    """A stand-in for eval.sample whose replies depend on the prompt and the sample's index only (not
+    on the seed, the batch or the rank), so that one process and two ranks train on the same rows."""
+    ids = [[10 + (sum(p) + 7 * s + 3 * j) % 50 for j in range(1 + (sum(p) + s) % max_new_tokens)]
+           for p in prompt_ids for s in range(n)]
+    return eval_module.Samples(ids=ids, texts=tokenizer.batch_decode(ids, skip_special_tokens=True),
+                               logprobs=[torch.zeros(len(r)) for r in ids],
+                               truncated=[len(r) == max_new_tokens for r in ids], stop_reason=["length"] * len(ids))
+
+
+FSDP_SCRIPT = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import rl, test_rl
+if sys.argv[1] == "fixed":
+    rl.sample = test_rl.fixed_replies
+rl.main(sys.argv[2:], reward_fn=test_rl.length_reward, correct_fn=test_rl.never_correct)
+"""
+FSDP_BASE = ["--dtype", "fp32", "--prompts-per-step", "4", "--group-size", "2", "--max-new-tokens", "6", "--lr", "1e-3",
+             "--micro-batch-size", "2"]
+FSDP_ALGOS = {"grpo": ["--algo", "grpo"],  # the paper's: one update a step, no reference
+              "ppo": ["--algo", "ppo", "--ppo-epochs", "2", "--kl-coef", "0.05"]}  # a head, a reference, a pre-pass
+
+
+def fsdp_run(toy, tmp_path, replies, *argv):
+    """rl.py --fsdp on two gloo ranks, with the real sampler or fixed_replies; returns its stdout."""
+    data, model = toy
+    script = tmp_path / "run_fsdp.py"
+    script.write_text(FSDP_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), replies,
+           "--model", model, "--data", data, *FSDP_BASE, "--fsdp", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def head(run_dir):
+    return torch.load(os.path.join(str(run_dir), "final", "value_head.pt"), weights_only=False)["head"]
+
+
+def assert_close(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_fsdp_two_ranks_train_as_one_process(toy, tmp_path, monkeypatch, algo):
+    """The same replies (fixed_replies: the sampler's draws depend on the rank) give the same weights on
+    two FSDP ranks as on one process, within fp32 rounding."""
+    data, model = toy
+    argv = [*FSDP_ALGOS[algo], "--max-steps", "3"]
+    stdout = fsdp_run(toy, tmp_path, "fixed", *argv, "--out", str(tmp_path / "fsdp"))
+    assert "FSDP x2" in stdout and "gathered weights" in stdout  # the memory plan
+    monkeypatch.setattr(rl, "sample", fixed_replies)
+    rl.main(["--model", model, "--data", data, *FSDP_BASE, *argv, "--out", str(tmp_path / "one")],
+            reward_fn=length_reward, correct_fn=never_correct)
+    assert_close(weights(tmp_path / "fsdp"), weights(tmp_path / "one"))
+    if algo == "ppo":
+        assert_close(*[head(tmp_path / d) for d in ("fsdp", "one")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_fsdp_resume_is_exact_and_the_checkpoint_plain(toy, tmp_path, algo):
+    argv = [*FSDP_ALGOS[algo], "--max-steps", "4", "--save-every", "2"]
+    if algo == "grpo":
+        argv += ["--kl-coef", "0.05"]  # a sharded reference
+    fsdp_run(toy, tmp_path, "sampled", *argv, "--out", str(tmp_path / "full"))
+    fsdp_run(toy, tmp_path, "sampled", *argv, "--out", str(tmp_path / "cut"), "--stop-after", "3")  # killed after 3
+    fsdp_run(toy, tmp_path, "sampled", *argv, "--out", str(tmp_path / "cut"), "--resume")
+    full, cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    logs = [[json.loads(line) for line in open(tmp_path / d / "log.jsonl")] for d in ("full", "cut")]
+    assert [r["reward"] for r in logs[0]] == [r["reward"] for r in logs[1]] and len(logs[1]) == 4
+    # the sampler decoded with the gathered weights: its log-probs are the training forward's
+    assert all(r["ratio_dev_first"] == 0.0 and r["logp_sampler_diff"] < 1e-5 for r in logs[0] + logs[1])
+    if algo == "ppo":
+        a, b = head(tmp_path / "full"), head(tmp_path / "cut")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.load(open(tmp_path / "full" / "config.json"))
+    assert config["fsdp"] and config["world_size"] == 2
+    from transformers import AutoModelForCausalLM  # a plain Hugging Face directory with whole tensors
+    lm = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full" / "final"))
+    assert all(torch.equal(p, full[k]) for k, p in lm.state_dict().items() if k in full)
+
+
+def test_memory_plan_counts_the_rollouts():
+    args = rl.get_parser().parse_args(["--model", "m", "--data", "d", "--out", "o", "--fsdp", "--kl-coef", "0.1",
+                                       "--max-new-tokens", "100", "--pad-multiple", "1"])
+    config = SimpleNamespace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3)
+    plan = rl.memory_plan(args, config, n_params=2 ** 30, world=8, longest_prompt=28, device_type="cuda")
+    kv_cache = 32 * 8 * (28 + 100) * 3 * 2 * 2 * 16 * 2  # prompts x group x tokens x layers x K,V x heads x dim x bf16
+    assert f"KV cache (256 rows x 128 tokens) {kv_cache / 2 ** 30:.2f} GiB" in plan
+    assert "weights 0.50 GiB + grads 0.50 GiB + AdamW 1.00 GiB + reference 0.50 GiB + gathered weights 4.00 GiB" in plan
+    assert f"= {6.5 + kv_cache / 2 ** 30:.2f} GiB per GPU" in plan
+    args.sample_batch_rows = 64  # the sampler decodes 8 prompts x 8 at a time
+    assert "KV cache (64 rows x 128 tokens)" in rl.memory_plan(args, config, 2 ** 30, 8, 28, "cuda")
+
+# -----------------------------------------------------------------------------
 # configuration
 
 
@@ -263,6 +368,7 @@ def test_ddp_two_ranks_gloo(toy, tmp_path, algo):
     (["--gamma", "0.9"], "PPO flags"),
     (["--temperature", "0"], "--temperature"),
     (["--prompts-per-step", "0"], "must be >= 1"),  # not a ZeroDivisionError from the mini-batch check
+    (["--fsdp"], "--fsdp shards over ranks"),
 ])
 def test_incompatible_flags_are_refused(tmp_path, extra, message):
     with pytest.raises(common.UserError, match=message):

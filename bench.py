@@ -890,13 +890,13 @@ def gpu_check(device, shape, sizes, seed, gpus):
 
 
 def _random_model_dir(out_dir, texts, shape, device, seed):
-    """A Hugging Face directory: a random-init Qwen2 of `shape` beside sft.py's tiny byte-level BPE
+    """A Hugging Face directory: a random-init Qwen2 of `shape` beside make_data.py's tiny byte-level BPE
     trained on `texts` (its ids are a subset of the model's vocabulary)."""
     import torch
     from transformers import Qwen2ForCausalLM
     import common
-    import sft
-    tok = common.load_tokenizer(sft.build_tiny_model(f"{out_dir}-tiny", texts, seed=seed))  # its tokenizer only
+    import make_data
+    tok = common.load_tokenizer(make_data.build_tiny_model(f"{out_dir}-tiny", texts, seed=seed))  # its tokenizer only
     config = qwen25_config(shape, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     with torch.device(device):

@@ -5,7 +5,7 @@
     python bench.py sft --model smollm2       # the same on SmolLM2-135M-Instruct, with FLOP/s vs a bf16 matmul
     python bench.py encode                    # dataset encoding vs apply_chat_template per record (SmolLM2)
     python bench.py sampler [--model smollm2] # KV-cached sampler tokens/s vs model.generate (SDPA) and vs no cache
-    python bench.py tricks [--model smollm2] [--dtype bf16]  # each sampler speed trick on vs off, on the study's work
+    python bench.py tricks [--model smollm2] [--memory] [--dtype bf16]  # each sampler speed trick on vs off, on the study's work
     python bench.py same --rev b9bdb22        # the tiny pipeline's outputs here vs at a git revision, byte for byte
     python bench.py plan                      # the paper-scale recipe's memory plans (Qwen2.5-7B's shape, 8 GPUs)
     python bench.py gpu                       # the CUDA check: bf16/SDPA, sampler == generate, NCCL and FSDP steps, MFU
@@ -712,6 +712,32 @@ def bench_tricks(args):
     print("tricks, seconds off/on: " + "; ".join(headline))
 
 
+def _eval_turn_peak_rss(args, off, queue):
+    """In a fresh process: one eval turn with the trick `off` switched off (None: all on); its peak RSS in MB."""
+    import resource
+    _, works = _tricks_workloads(args)
+    seconds, tokens, *_ = _trick_run(works["eval turn"], off)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, seconds, tokens))
+
+
+def bench_tricks_memory(args):
+    """Peak RSS of an evaluation turn with each trick on and off, each setting in a fresh process (a
+    process's peak only grows): what a trick keeps off the memory at the study's batch (--rooms 30:
+    30 rooms x 8 test sets, study.sh's evaluation)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    print(f"{'trick':18s} {'peak RSS MB on':>15s} {'off':>7s} {'off - on':>9s}")
+    for trick in [args.trick] if args.trick else list(TRICK_SWITCHES):
+        peaks = []
+        for off in (None, trick):
+            queue = ctx.Queue()
+            child = ctx.Process(target=_eval_turn_peak_rss, args=(args, off, queue))
+            child.start()
+            peaks.append(queue.get()[0])
+            child.join()
+        print(f"{trick:18s} {peaks[0]:15.0f} {peaks[1]:7.0f} {peaks[1] - peaks[0]:9.0f}", flush=True)
+
+
 # -----------------------------------------------------------------------------
 # same: a refactoring changes no output bit (make_data -> sft -> eval -> rl at the smallest sizes)
 
@@ -1036,6 +1062,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time budget per measured item")
     parser.add_argument("--rooms", type=int, default=None,
                         help="tricks: test rooms per variant and RL prompts (default 6 / 8 tiny, 16 / 16 otherwise)")
+    parser.add_argument("--memory", action="store_true",
+                        help="tricks: peak RSS of an eval turn with each trick on and off, each in a fresh process")
+    parser.add_argument("--trick", choices=list(TRICK_SWITCHES), default=None, help="tricks --memory: only this trick")
     parser.add_argument("--gpus", type=int, default=8, help="plan: GPUs the recipe runs on")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="plan: the longest RL prompt, in tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
@@ -1043,6 +1072,8 @@ def main():
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")
     benches = {"envs": bench_envs, "sft": bench_sft, "encode": bench_encode, "sampler": bench_sampler,
                "tricks": bench_tricks, "same": bench_same, "plan": bench_plan, "gpu": bench_gpu}
+    if args.which == "tricks" and args.memory:
+        benches["tricks"] = bench_tricks_memory
     sys.exit(benches[args.which](args) or 0)
 
 

@@ -303,8 +303,11 @@ def check_out_dir(path, what=None, inputs=()):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UserError(f"{what}: {probe} is a file, not a directory")
-    try:  # a temporary directory: access() says yes to root where mkdir fails (/proc)
-        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
+    try:  # a parent still to be created in is probed with a temporary directory (root passes access())
+        if probe != os.path.abspath(path):
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise UserError(f"{what}: cannot write in {probe} ({e.strerror})") from None
 
@@ -443,6 +446,8 @@ def finish_run(script, out_dir, stopped_step, stopper, master, pbar):
     for s, handler in stopper.old.items():
         signal.signal(s, handler)
     if master and os.path.realpath(out_dir) in _LOCKS:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out_dir, ".lock"))  # still held: a run starting now is refused until the close
         _LOCKS.pop(os.path.realpath(out_dir)).close()
     if dist.is_initialized():
         dist.barrier()  # no rank tears its gloo pairs down while another still uses them

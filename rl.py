@@ -809,16 +809,17 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             ro, zero_var = ppo_advantages(ro, args, world, device), 0.0
         # 4. --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
-        learned = update(run, ro, seed)
+        learned = update(run, ro, seed)  # (Stats, grad norms, ratio_dev_first)
+        grad_norms = learned[1]
         # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
         row, signalled = log_row(run, step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum)
         if master:
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
-        if not all(math.isfinite(g) for g in learned[1]):  # the norms are global: every rank stops here
+        if not all(math.isfinite(g) for g in grad_norms):  # the norms are global: every rank stops here
             kept = latest_checkpoint(args.out)
-            raise UserError(f"step {step + 1}: gradient norms {learned[1]}: the run diverged and stopped without "
+            raise UserError(f"step {step + 1}: gradient norms {grad_norms}: the run diverged and stopped without "
                             f"this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}); try a lower "
                             "--lr or --grad-clip 1")
         if args.eval_every and (step + 1) % args.eval_every == 0:  # the scores join the returned row only

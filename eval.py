@@ -566,10 +566,11 @@ ENV_EVALUATORS = {"sokoban": evaluate_sokoban, "gpoints": evaluate_gpoints}  # w
 
 
 def evaluate_model(args, model_path, sets, model=None):
+    """{variant: metrics} of the model at model_path (loaded unless given) on `sets`, as args say."""
     model = model if model is not None else load_model(model_path, args.dtype, args.device)
     tokenizer = load_tokenizer(model_path)
-    style = trained_style(model_path)
-    data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
+    style, first_set = trained_style(model_path), next(iter(sets.values()), [])
+    data_style = first_set[0]["meta"].get("style") if first_set else None
     if style and data_style and style != data_style:
         print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
     replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,

@@ -37,20 +37,17 @@ from common import (ArgumentParser, UserError, check_out_dir, load_model, load_t
 from sft import encode_prompts
 
 # -----------------------------------------------------------------------------
-# The KV-cache sampler
-#
-# `_prefill` runs each distinct prompt once (left padding, a 4-D mask, per-row position ids) and copies
-# its K/V to the n samples of its group; the loop of `_sample_batch` then decodes one token a step for
-# every row from a preallocated cache, dropping finished rows. Greedy output is token for token
-# `model.generate(do_sample=False)`'s. Any Hugging Face decoder whose attention layers call
-# `cache.update(k, v, layer_idx)` and take a 4-D mask (Qwen2, Llama, ...), on CPU and CUDA.
+# The KV-cache sampler: `_prefill` runs each distinct prompt once and copies its K/V to the n rows of
+# its group; `_sample_batch` then decodes one token a step for every row still running. Greedy output
+# is `model.generate(do_sample=False)`'s, token for token. Any Hugging Face decoder whose attention
+# calls `cache.update(k, v, layer_idx)` and takes a 4-D mask (Qwen2, Llama, ...), on CPU and CUDA.
 #
 #     out = sample(model, prompt_ids, n=8, temperature=1.0, max_new_tokens=256,
 #                  stop_strings=["</answer>"], tokenizer=tok, seed=0, return_logprobs=True)
 #     out.ids[i], out.texts[i], out.logprobs[i], out.truncated[i]   # i = prompt * n + sample
 #
-# `python bench.py tricks` times each speed trick (the switches below, `sample`'s prefill_tokens and
-# pad_multiple) against the same sampler without it.
+# `python bench.py tricks` times each speed trick (TRICKS, `sample`'s prefill_tokens and pad_multiple)
+# against the same sampler without it.
 
 TRICKS = dict(
     shared_prefix=True,  # a chunk's common prompt prefix (system turn, instructions) runs once, then is copied
@@ -73,9 +70,8 @@ class Samples:
 
 class KVCache:
     """K and V of every layer in (B, H_kv, T_max, D) buffers, allocated on the first write. Left padding
-    aligns all rows, so every row writes its next token at the same column `length` (the caller advances
-    it); attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra ones
-    masked), so a decode loop meets a few key lengths, not one per token."""
+    aligns the rows, so each writes its next token at column `length` (the caller advances it);
+    attention reads columns [0, length) rounded up to a multiple of `multiple` (the extra ones masked)."""
 
     def __init__(self, batch_size, max_len, multiple=1):
         self.batch_size, self.max_len, self.length = batch_size, sft.pad_length(max_len, multiple), 0
@@ -305,13 +301,6 @@ def cut_at_stop(text, stop_strings):
     return text[:min(ends)] if ends else text
 
 
-def _default_eos_ids(model, tokenizer):
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
 @contextlib.contextmanager
 def _decoding_mode(model):
     """The model in eval mode, and an eager-attention one in SDPA (TRICKS["sdpa"]; the trainers keep
@@ -339,11 +328,10 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     """n replies to each prompt (a list of token ids): a `Samples` whose rows are prompt 0's n samples,
     then prompt 1's, ... temperature 0 is greedy; top_p < 1 samples from the nucleus. A row stops at any
     of `eos_ids` (default: the model's generation config, else the tokenizer's EOS), once its reply holds
-    one of `stop_strings` (needs `tokenizer`), or after `max_new_tokens`. A local generator: the same call
-    gives the same samples whatever the global RNG state. `max_batch_rows` caps the rows decoded at once,
-    `prefill_tokens` the padded tokens of one prefill forward (default 2048 on CPU, 16384 on GPU); rows
-    leave the batch once `drop_fraction` of it has finished; lengths are padded to a multiple of
-    `pad_multiple` (sft.pad_length says why). The model is in eval mode (and SDPA) for the call only."""
+    one of `stop_strings` (needs `tokenizer`), or after `max_new_tokens`. The same call gives the same
+    samples whatever the global RNG state. `max_batch_rows` caps the rows decoded at once, `prefill_tokens`
+    the padded tokens of one prefill forward; rows leave the batch once `drop_fraction` of it has
+    finished; lengths are padded to a multiple of `pad_multiple` (sft.pad_length says why)."""
     if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or pad_multiple < 1:
         raise ValueError(f"need n >= 1, max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1, pad_multiple >= 1 "
                          f"(got {n}, {max_new_tokens}, {temperature}, {top_p}, {pad_multiple})")
@@ -354,7 +342,12 @@ def sample(model, prompt_ids, *, n=1, max_new_tokens=256, temperature=1.0, top_p
     layer_types = getattr(model.config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError(f"sample() supports full attention only, the model has layer types {set(layer_types)}")
-    eos_ids = _default_eos_ids(model, tokenizer) if eos_ids is None else list(eos_ids)
+    if eos_ids is None:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    eos_ids = list(eos_ids)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     vocab_size = max(model.get_output_embeddings().weight.shape[0], len(tokenizer) if tokenizer is not None else 0)
@@ -573,10 +566,11 @@ ENV_EVALUATORS = {"sokoban": evaluate_sokoban, "gpoints": evaluate_gpoints}  # w
 
 
 def evaluate_model(args, model_path, sets, model=None):
+    """{variant: metrics} of the model at model_path (loaded unless given) on `sets`, as args say."""
     model = model if model is not None else load_model(model_path, args.dtype, args.device)
     tokenizer = load_tokenizer(model_path)
-    style = trained_style(model_path)
-    data_style = next(iter(sets.values()))[0]["meta"].get("style") if sets and next(iter(sets.values())) else None
+    style, first_set = trained_style(model_path), next(iter(sets.values()), [])
+    data_style = first_set[0]["meta"].get("style") if first_set else None
     if style and data_style and style != data_style:
         print(f"warning: {model_path} was trained on {style!r} prompts but {args.data} holds {data_style!r} ones")
     replies = model_replies(model, tokenizer, temperature=args.temperature, top_p=args.top_p,
@@ -610,16 +604,20 @@ def average_except_fake(results):
 # Reports: Table 1 as Markdown and as a figure, from the JSON files of several runs
 
 
+def _md_row(label, cells):
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def format_table(results, title=""):
     """A Markdown table in the paper's layout: variants as columns, success with its 95% Wilson
     interval, then validity."""
-    variants = list(results)
-    lines = [f"| {title} | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-    lines.append("| success | " + " | ".join(
-        f"{m['success']:.2f} [{m['success_ci'][0]:.2f}, {m['success_ci'][1]:.2f}]" for m in results.values()) + " |")
-    lines.append("| valid | " + " | ".join(f"{m['valid']:.2f}" for m in results.values()) + " |")
-    if all("values_read" in m for m in results.values()):
-        lines.append("| values read | " + " | ".join(f"{m['values_read']:.2f}" for m in results.values()) + " |")
+    metrics = results.values()
+    lines = [_md_row(title, list(results)), "|---|" + "---|" * len(results),
+             _md_row("success", [f"{m['success']:.2f} [{m['success_ci'][0]:.2f}, {m['success_ci'][1]:.2f}]"
+                                 for m in metrics]),
+             _md_row("valid", [f"{m['valid']:.2f}" for m in metrics])]
+    if all("values_read" in m for m in metrics):
+        lines.append(_md_row("values read", [f"{m['values_read']:.2f}" for m in metrics]))
     return "\n".join(lines)
 
 
@@ -639,21 +637,19 @@ def format_report(task, rows):
     success below it where the method is one of Table 1's), variants as columns. General Points
     results that hold `values_read` get a second table of it."""
     variants = VARIANTS[task]
-    lines = ["| method | " + " | ".join(variants) + " | mean w/o Fake |", "|---|" + "---|" * (len(variants) + 1)]
+    cells = lambda results, key: [f"{results[v][key]:.2f}" if v in results else "-" for v in variants]
+    lines = [_md_row("method", [*variants, "mean w/o Fake"]), "|---|" + "---|" * (len(variants) + 1)]
     for label, results in rows:
-        cells = [f"{results[v]['success']:.2f}" if v in results else "-" for v in variants]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {average_except_fake(results):.2f} |")
+        lines.append(_md_row(label, [*cells(results, "success"), f"{average_except_fake(results):.2f}"]))
         paper = PAPER_TABLE1[task].get(label)
         if paper:
             mean = sum(paper[:-1]) / (len(paper) - 1)
-            lines.append("| *paper* | " + " | ".join(f"*{x:.2f}*" for x in paper) + f" | *{mean:.2f}* |")
+            lines.append(_md_row("*paper*", [f"*{x:.2f}*" for x in (*paper, mean)]))
     if all("values_read" in m for _, results in rows for m in results.values()):
         lines += ["",
                   "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
-                  "| method | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-        for label, results in rows:
-            cells = [f"{results[v]['values_read']:.2f}" if v in results else "-" for v in variants]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                  _md_row("method", variants), "|---|" + "---|" * len(variants)]
+        lines += [_md_row(label, cells(results, "values_read")) for label, results in rows]
     return "\n".join(lines)
 
 

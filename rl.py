@@ -27,8 +27,6 @@ value_head.pt); the memory plan per process is printed at start; `--resume` cont
 input is one line `rl.py: error: ...` (exit 2) before any work; SIGTERM / Ctrl-C save OUT/step_N/
 after the step and exit with 128 + the signal.
 """
-# Reading order: arguments; the maths as pure functions; the two objectives; the policy; data;
-# checkpoints; setup; the pieces of a step; the loop (main). The sampler and the rewards are eval.py's.
 import argparse
 import contextlib
 import json
@@ -144,9 +142,8 @@ def check_args(args, world):
 
 
 def group_advantages(rewards_B, group_size, eps=1e-6):
-    """(adv_B, zero_var_G): (r - group mean) / (group std + eps), std unbiased as in verl's GRPO.
-    Rows are grouped consecutively (prompt 0's K samples, then prompt 1's ...). A group whose
-    rewards are all equal gets advantage 0 exactly and carries no learning signal."""
+    """(adv_B, zero_var_G): (r - group mean) / (group std + eps), std unbiased as in verl's GRPO, over
+    consecutive groups of rows; a group whose rewards are all equal gets advantage 0 exactly."""
     r_GK = rewards_B.view(-1, group_size).double()
     mean_G1, std_G1 = r_GK.mean(1, keepdim=True), r_GK.std(1, keepdim=True)
     zero_var_G = (r_GK == r_GK[:, :1]).all(1)
@@ -169,7 +166,6 @@ def clipped_surrogate(logp, old_logp, adv, clip):
 
 
 def token_entropy(logits_NV):
-    """Entropy of each row's softmax, in fp32."""
     logp_NV = F.log_softmax(logits_NV.float(), -1)
     return -(logp_NV.exp() * logp_NV).sum(-1)
 
@@ -182,8 +178,8 @@ def ppo_token_rewards(score_B, kl_BR, mask_BR, kl_coef):
 
 
 def gae(rewards_BR, values_BR, mask_BR, gamma, lam):
-    """(adv_BR, returns_BR): generalised advantage estimation over each row's response tokens
-    (a right-padded prefix of mask_BR); the value after the last token is 0 (the episode ends)."""
+    """(adv_BR, returns_BR): generalised advantage estimation over each row's response tokens (a
+    right-padded prefix of mask_BR); the value after the last token is 0 (the episode ends)."""
     B, R = rewards_BR.shape
     adv_BR = torch.zeros_like(rewards_BR)
     next_value_B, next_adv_B = torch.zeros(B, dtype=rewards_BR.dtype), torch.zeros(B, dtype=rewards_BR.dtype)
@@ -203,8 +199,7 @@ def clipped_value_loss(values, old_values, returns, clip):
 
 
 def whiten(x, mask, mean, var, eps=1e-8):
-    """(x - mean) / sqrt(var + eps) on the mask, 0 elsewhere; mean/var are passed in so that they
-    can be the statistics over all ranks."""
+    """(x - mean) / sqrt(var + eps) on the mask, 0 elsewhere; mean and var are those of all ranks."""
     return (x - mean) * torch.rsqrt(torch.as_tensor(var + eps, dtype=x.dtype)) * mask
 
 # -----------------------------------------------------------------------------
@@ -223,10 +218,9 @@ def grpo_loss(logp_N, old_logp_N, adv_N, ref_logp_N, entropy_N, *, clip, kl_coef
         d_it = ref_logp_it - logp_it          (log pi_ref / pi_theta; KL term only with --kl-coef)
         scale = world / (response tokens of the whole mini-batch on all ranks)   (sft.step_loss_scale)
 
-    `scale` makes every response token of the mini-batch weigh the same (DAPO's token-level
-    normalisation rather than GRPO's mean per sequence), however the tokens are split into
-    micro-batches and ranks; the factor `world` undoes DDP's mean of gradients over ranks.
-    eps = --clip, beta = --kl-coef, c_H = --entropy-coef. Returns (loss, the per-token terms)."""
+    eps = --clip, beta = --kl-coef, c_H = --entropy-coef. `scale` weighs every response token of the
+    mini-batch the same (DAPO's token-level mean, not GRPO's per sequence), however it is split into
+    micro-batches and ranks; `world` undoes DDP's mean over ranks. Returns (loss, the per-token terms)."""
     pg_N, ratio_N, clipped_N = clipped_surrogate(logp_N, old_logp_N, adv_N, clip)
     loss = pg_N.sum()
     if entropy_coef:
@@ -262,8 +256,8 @@ def ppo_loss(logp_N, old_logp_N, adv_N, values_N, old_values_N, returns_N, entro
 
 
 class Policy(nn.Module):
-    """forward(ids_BT, kept_BT) -> (logits_KV, values_K or None) at the `kept_BT` positions.
-    Wrapping the LM and the head in one module lets DDP all-reduce both in one backward."""
+    """forward(ids_BT, kept_BT) -> (logits_KV, values_K or None) at the `kept_BT` positions; the LM and
+    the head in one module, so that DDP all-reduces both in one backward."""
 
     def __init__(self, lm, value_head=None):
         super().__init__()
@@ -280,8 +274,8 @@ class Policy(nn.Module):
 
 
 def response_logprobs(model, mb, temperature, dtype):
-    """(logp_N, logits_NV, values_N) of a MicroBatch's response tokens, log-probs under
-    log_softmax(logits / T) exactly as the sampler computes them; N runs over the rows' tokens in order."""
+    """(logp_N, logits_NV, values_N) of a MicroBatch's response tokens, rows in order; log-probs under
+    log_softmax(logits / T), as the sampler computes them."""
     with autocast_ctx(mb.ids_BT.device, dtype):
         logits_KV, values_K = model(mb.ids_BT, mb.kept_BT)
     logits_NV, values_N = logits_KV[mb.real_K], None if values_K is None else values_K[mb.real_K]
@@ -292,7 +286,6 @@ def response_logprobs(model, mb, temperature, dtype):
 @dataclass
 class Models:
     """What rl.py samples with and trains."""
-
     lm: nn.Module  # the language model; the sampler gets it without DDP's wrapper (under FSDP: in full_weights)
     ref: Policy  # the frozen initial model (--kl-coef), or None
     head: nn.Module  # PPO's value head, or None
@@ -403,7 +396,6 @@ def step_prompts(n_records, prompts_per_step, seed, step):
 
 
 class MicroBatch(NamedTuple):
-    """Rows of a rollout as the training forward takes them."""
     ids_BT: torch.Tensor  # prompt + response, right-padded
     kept_BT: torch.Tensor  # the positions the output layer runs on: before each response token, and a few more
     real_K: object  # which kept positions are before a response token: x_K[real_K] (a bool index, or slice(None))
@@ -411,9 +403,8 @@ class MicroBatch(NamedTuple):
 
 
 def collate(ro, rows, pad_id, device, multiple=1):
-    """The MicroBatch of rows `rows` of a rollout (anything with .prompt and .response token lists).
-    --pad-multiple lives here: the length and the number of positions the output layer runs on are
-    rounded up to a multiple of `multiple` (sft.pad_length, sft.pad_kept), so a CPU meets few shapes."""
+    """The MicroBatch of rows `rows` of a rollout (anything with .prompt and .response token lists); its
+    length and kept positions rounded up to a multiple of `multiple` (sft.pad_length, sft.pad_kept)."""
     seqs = [ro.prompt[i] + ro.response[i] for i in rows]
     T = sft.pad_length(max(len(s) for s in seqs), multiple)
     ids_BT = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -427,13 +418,11 @@ def collate(ro, rows, pad_id, device, multiple=1):
 
 
 def split_rows(rows, size):
-    """Consecutive micro-batches of at most `size` rows."""
     return [rows[j:j + size] for j in range(0, len(rows), size)]
 
 
 def scatter(chunks_N, mask_BR):
-    """Per-token vectors of consecutive rows (each row's response tokens in order) as one (B, R) tensor
-    on CPU, 0 off the mask."""
+    """Per-token vectors of consecutive rows as one (B, R) tensor on CPU, 0 off the mask."""
     x_BR = torch.zeros(mask_BR.shape, dtype=chunks_N[0].dtype)
     x_BR[mask_BR] = torch.cat(chunks_N).cpu()
     return x_BR
@@ -489,7 +478,6 @@ def check_replicas(params, world, device, master):
 @dataclass
 class Run:
     """What setup() resolves and the loop reads."""
-
     args: argparse.Namespace  # the flags, --model resolved to a directory
     rank: int
     world: int
@@ -563,7 +551,6 @@ def memory_plan(args, config, n_params, world, longest_prompt, device_type):
 class Rollout:
     """This rank's samples of one step, row i being reply i % K to prompt i // K, and the per-token
     (B, R) tensors the update reads (CPU; R: the longest reply), None until computed or where unused."""
-
     prompt: list  # token ids of each row's prompt
     response: list  # token ids of each reply
     text: list  # each reply, decoded
@@ -652,7 +639,6 @@ def micro_batch_loss(run, ro, rows, scale):
 @dataclass
 class Stats:
     """This rank's sums over the step's trained tokens, for the log."""
-
     pg_loss: float = 0.0
     vf_loss: float = 0.0
     entropy: float = 0.0
@@ -663,8 +649,7 @@ class Stats:
     tokens: float = 0.0
     first_tokens: float = 0.0
 
-    def add(self, terms):
-        """Add one micro-batch's per-token terms."""
+    def add(self, terms):  # one micro-batch's per-token terms
         if terms.get("kl_N") is not None:
             self.kl_ref += terms["kl_N"].sum().item()
         if "vf_N" in terms:
@@ -757,8 +742,17 @@ def log_line(row, args):
 
 
 def evaluate_now(run, step, ro):
-    """--eval-every: print a few of the step's replies, then score each --eval-data file: the first
-    move's accuracy, and eval.py's environment evaluation (multi-turn for Sokoban)."""
+    """--eval-every, on rank 0 (the others wait): print a few of the step's replies, then score each
+    --eval-data file: the first move's accuracy, and eval.py's environment evaluation (multi-turn for
+    Sokoban). Returns the scores ({} on the other ranks)."""
+    with full_weights(run.models.lm, run.args.fsdp):
+        scores = score_eval_data(run, step, ro) if run.rank == 0 else {}
+        if run.world > 1:
+            dist.barrier()
+    return scores
+
+
+def score_eval_data(run, step, ro):
     args, lm, tokenizer = run.args, run.models.lm, run.tokenizer
     lines = [f"--- step {step}: sampled replies"]
     for i in range(0, min(len(ro.text), 3 * args.group_size), args.group_size):
@@ -815,24 +809,21 @@ def main(argv=None, reward_fn=None, correct_fn=None):
             ro, zero_var = ppo_advantages(ro, args, world, device), 0.0
         # 4. --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
-        learned = update(run, ro, seed)
+        learned = update(run, ro, seed)  # (Stats, grad norms, ratio_dev_first)
+        grad_norms = learned[1]
         # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
         row, signalled = log_row(run, step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum)
         if master:
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
-        if not all(math.isfinite(g) for g in learned[1]):  # the norms are global: every rank stops here
+        if not all(math.isfinite(g) for g in grad_norms):  # the norms are global: every rank stops here
             kept = latest_checkpoint(args.out)
-            raise UserError(f"step {step + 1}: gradient norms {learned[1]}: the run diverged and stopped without "
+            raise UserError(f"step {step + 1}: gradient norms {grad_norms}: the run diverged and stopped without "
                             f"this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}); try a lower "
                             "--lr or --grad-clip 1")
-        if args.eval_every and (step + 1) % args.eval_every == 0:
-            with full_weights(run.models.lm, args.fsdp):
-                if master:  # the scores join the returned row; log.jsonl has the step already
-                    row.update(evaluate_now(run, step + 1, ro))
-                if world > 1:
-                    dist.barrier()
+        if args.eval_every and (step + 1) % args.eval_every == 0:  # the scores join the returned row only
+            row.update(evaluate_now(run, step + 1, ro))
         stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
             save_rl_checkpoint(run, f"step_{step + 1}", step + 1)

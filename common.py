@@ -123,12 +123,11 @@ def all_reduce_sum(values, world, device):
         dist.all_reduce(t)
     return t.tolist()
 
-def grad_sync(model, sync, fsdp=False):
-    """The context of a micro-batch's forward + backward: gradients are all-reduced only when `sync` (the
-    step's last micro-batch). DDP's no_sync() must wrap the forward too; FSDP2 is told directly."""
-    if fsdp:
-        model.set_requires_gradient_sync(sync)
-    elif not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+def grad_sync(model, sync):
+    """The context of a micro-batch's forward + backward. DDP all-reduces only when `sync` (the step's last
+    micro-batch; its no_sync() must wrap the forward too). FSDP2 reduce-scatters in every micro-batch, so
+    its gradients stay sharded: without sync they would be whole-size until the step's last one."""
+    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
 

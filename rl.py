@@ -682,7 +682,7 @@ def update(run, ro, seed):
             micro_batches = split_rows(minibatch, args.micro_batch_size)
             for k, rows in enumerate(micro_batches):
                 # DDP all-reduces in the last micro-batch; FSDP reduce-scatters in each, so grads stay sharded
-                with grad_sync(models.model, k == len(micro_batches) - 1 or args.fsdp):
+                with grad_sync(models.model, k == len(micro_batches) - 1):
                     loss, terms = micro_batch_loss(run, ro, rows, scale)
                     loss.backward()
                 if epoch == 0 and start == 0:  # the policy has not moved yet: compare with the sampler

@@ -506,8 +506,9 @@ def train_step(run, micro_batches):
     n_real = n_padded = 0
     for micro, b in enumerate(micro_batches):
         b = b.to(device)
-        # gradient accumulation: the all-reduce runs once, in the backward of the last micro-batch
-        with grad_sync(model, micro == len(micro_batches) - 1, args.fsdp):
+        # gradient accumulation: DDP all-reduces once, in the last micro-batch's backward; FSDP
+        # reduce-scatters in each, so its gradients stay sharded (common.grad_sync)
+        with grad_sync(model, micro == len(micro_batches) - 1):
             # right padding + causal attention: real tokens never see pads, so no attention mask is
             # needed (and SDPA keeps its fast causal path); the output layer runs on kept_BT only
             with autocast_ctx(device, args.dtype):

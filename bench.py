@@ -873,7 +873,6 @@ def gpu_check(device, shape, sizes, seed, gpus):
     there are several; (4) their tokens/s and model FLOP utilisation against the GPU's bf16 peak.
     A check that raises is a failed check, and the others still run. Prints a table of checks;
     returns 1 if one failed."""
-    import json
     import os
     import tempfile
     import time
@@ -892,9 +891,8 @@ def gpu_check(device, shape, sizes, seed, gpus):
         texts = [m["content"] for r in chats + rl_records for m in r["messages"]]
         model_dir = _random_model_dir(os.path.join(tmp, "model"), texts, shape, device, seed)
         sft_data, rl_data = os.path.join(tmp, "sft.jsonl"), os.path.join(tmp, "rl.jsonl")
-        for path, records in ((sft_data, chats), (rl_data, rl_records)):
-            with open(path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+        common.write_jsonl(sft_data, chats)
+        common.write_jsonl(rl_data, rl_records)
         checks = []
         for stage, run in (("(1)-(2) numerics", lambda: _numerics_checks(model_dir, rl_records, device, sizes)),
                            ("(3)-(4) runs", lambda: _run_checks(model_dir, sft_data, rl_data, device, sizes, peak,
@@ -978,12 +976,6 @@ def _torchrun(script, nproc, argv):
     return proc.returncode == 0, "" if proc.returncode == 0 else f"exit {proc.returncode}: {lines[-1] if lines else ''}"
 
 
-def _log(out):
-    import json
-    import os
-    return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
-
-
 def _run_checks(model_dir, sft_data, rl_data, device, sizes, peak, gpus):
     """(3) one-process sft.py and rl.py runs under torchrun, and --fsdp runs over every GPU when there
     are several; (4) their tokens/s and MFU (steps after the first). Returns [(check, ok, detail)]."""
@@ -1005,7 +997,7 @@ def _run_checks(model_dir, sft_data, rl_data, device, sizes, peak, gpus):
         n_tokens = sum(len(ids) for ids, _ in examples)
         flops = training_flops_per_token(config, sum(len(ids) ** 2 for ids, _ in examples) / n_tokens,
                                          sum(sum(m) for _, m in examples) / n_tokens)
-        rows = _log(out)[1:]
+        rows = common.read_jsonl(os.path.join(out, "log.jsonl"))[1:]
         tps = sum(r["tokens_per_s"] * r["seconds"] for r in rows) / sum(r["seconds"] for r in rows)
         detail = f"{tps:,.0f} tokens/s, {tps * flops / 1e12:.1f} TFLOP/s, {mfu(tps * flops)}"
     checks.append((f"sft.py, torchrun x1 ({backend}, bf16)", ok, detail))
@@ -1030,11 +1022,12 @@ def _run_checks(model_dir, sft_data, rl_data, device, sizes, peak, gpus):
 def _grpo_speed(out, rl_data, tok, config, sizes, mfu):
     """GRPO's tokens/s and MFU over the steps after the first: sampling (each prompt prefilled once for
     its group, then every reply token decoded) and learning (one forward and backward of every row)."""
+    import os
     import common
     import sft
     prompts = sft.encode_prompts(tok, [r["messages"] for r in common.read_jsonl(rl_data)])
     P = sum(map(len, prompts)) / len(prompts)  # the compact prompts are of nearly one length
-    rows, log = sizes["rl_prompts"] * sizes["rl_group"], _log(out)[1:]
+    rows, log = sizes["rl_prompts"] * sizes["rl_group"], common.read_jsonl(os.path.join(out, "log.jsonl"))[1:]
     R = sum(r["response_length"] for r in log) / len(log)
     sample_s, learn_s = sum(r["sample_s"] for r in log) / len(log), sum(r["learn_s"] for r in log) / len(log)
     sample_flops = (sizes["rl_prompts"] * P * training_flops_per_token(config, P, 0)

@@ -131,6 +131,13 @@ def grad_sync(model, sync):
         return model.no_sync()
     return contextlib.nullcontext()
 
+def fsdp_shard(model, reshard_after_forward=True):
+    """FSDP2 over the ranks: every decoder layer, then the whole model (the root, which gathers what is left)."""
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model, reshard_after_forward=reshard_after_forward)
+
 def autocast_ctx(device, dtype):  # a disabled autocast for fp32: one code path for all three dtypes
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 

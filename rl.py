@@ -48,7 +48,7 @@ from tqdm import tqdm
 import common
 import sft
 from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoint, run_cli, read_jsonl, refuse,
-                    setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
+                    setup_distributed, all_reduce_sum, grad_sync, fsdp_shard, autocast_ctx, fused_adamw, resolve_model,
                     load_tokenizer, load_model, save_checkpoint, load_trainer_state, check_out_dir, check_run_dir,
                     prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 from eval import ENV_EVALUATORS, check_prompt_record, is_correct, model_replies, reward, sample
@@ -315,12 +315,9 @@ def build_models(args, resume_from, world, local_rank, device):
     model = policy
     if args.fsdp:  # FSDP2, as sft.py: each decoder layer, then the LM (the root the sampler calls); the head apart
         from torch.distributed.fsdp import fully_shard
-        for m in (lm, ref_lm):
-            if m is not None:
-                for layer in m.model.layers:
-                    fully_shard(layer)
-                # the policy keeps its root's weights from forward to backward; the reference has no backward
-                fully_shard(m, reshard_after_forward=m is ref_lm)
+        fsdp_shard(lm, reshard_after_forward=False)  # the policy keeps its root's weights from forward to backward
+        if ref_lm is not None:
+            fsdp_shard(ref_lm)  # the reference has no backward
         if head is not None:
             fully_shard(head)
     elif world > 1:

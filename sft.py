@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import common
 from common import (UserError, ArgumentParser, file_fingerprint, latest_checkpoint, run_cli, read_jsonl, refuse,
-                    setup_distributed, all_reduce_sum, grad_sync, autocast_ctx, fused_adamw, resolve_model,
+                    setup_distributed, all_reduce_sum, grad_sync, fsdp_shard, autocast_ctx, fused_adamw, resolve_model,
                     load_tokenizer, load_model, save_checkpoint, load_trainer_state, check_out_dir, check_run_dir,
                     prepare_run_dir, start_run_files, log_step, StopSignal, finish_run)
 from make_data import build_tiny_model
@@ -438,10 +438,7 @@ def prepare_model(model, model_path, args, world, local_rank, device, resume_fro
         for layer in model.model.layers:
             layer.compile(dynamic=True)
     if args.fsdp:  # FSDP2: every decoder layer, then the whole model; weights, grads and AdamW state 1/world a rank
-        from torch.distributed.fsdp import fully_shard
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        fsdp_shard(model)
     elif world > 1:  # DDP: a full replica per rank, gradients all-reduced in backward
         model = torch.nn.parallel.DistributedDataParallel(model,
                                                           device_ids=[local_rank] if device.type == "cuda" else None)

@@ -76,6 +76,9 @@ def get_parser():
     g.add_argument("--ppo-epochs", type=int, default=1, help="passes over each step's samples")
     g.add_argument("--mini-batch-size", type=int, default=0, help="sequences per update, all ranks (0: the step)")
     g.add_argument("--adv-eps", type=float, default=1e-6, help="GRPO: added to the group std of the rewards")
+    g.add_argument("--dynamic-sampling", type=int, default=0, metavar="DRAWS",
+                   help="GRPO: replace groups whose replies all score the same with groups of new prompts, from up "
+                   "to DRAWS more draws a step (DAPO's dynamic sampling, not the paper's GRPO; 0: off)")
     g = p.add_argument_group("PPO value head")
     g.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss")
     g.add_argument("--vf-lr", type=float, default=1e-5, help="learning rate of the value head (the trunk: --lr)")
@@ -132,6 +135,9 @@ def check_args(args, world):
         (args.algo == "grpo" and (args.vf_coef != 0.5 or args.vf_lr != 1e-5 or args.gamma != 1.0 or args.lam != 0.95),
          "--vf-coef/--vf-lr/--gamma/--lam are PPO flags; GRPO has no value head"),
         (args.eval_every and not args.eval_data, "--eval-every needs --eval-data"),
+        (args.dynamic_sampling < 0, "--dynamic-sampling must be >= 0 (0: off)"),
+        (args.dynamic_sampling and args.algo != "grpo",
+         "--dynamic-sampling drops groups without reward variance: a GRPO flag"),
         (args.fsdp and world == 1, "--fsdp shards over ranks: run it under torchrun with more than one process"),
         (args.resume and args.overwrite, "--resume continues OUT's run and --overwrite deletes it: pass one of them"),
     ])
@@ -573,13 +579,48 @@ def rollout(run, idx, seed):
                      return_logprobs=True, max_batch_rows=args.sample_batch_rows or None,
                      pad_multiple=args.pad_multiple)
     metas_B = [run.metas[i] for i in idx for _ in range(args.group_size)]
-    lengths = [len(r) for r in out.ids]
-    rewards = [float(run.reward_fn(t, m)) for t, m in zip(out.texts, metas_B)]
-    return Rollout(prompt=[p for p in prompts for _ in range(args.group_size)], response=out.ids, text=out.texts,
-                   sampler_logp=out.logprobs, truncated=out.truncated, reward=rewards,
-                   correct=[bool(run.correct_fn(t, m)) for t, m in zip(out.texts, metas_B)],
+    return make_rollout([p for p in prompts for _ in range(args.group_size)], out.ids, out.texts, out.logprobs,
+                        out.truncated, [float(run.reward_fn(t, m)) for t, m in zip(out.texts, metas_B)],
+                        [bool(run.correct_fn(t, m)) for t, m in zip(out.texts, metas_B)])
+
+
+def make_rollout(prompt, response, text, sampler_logp, truncated, reward, correct):
+    lengths = [len(r) for r in response]
+    return Rollout(prompt=prompt, response=response, text=text, sampler_logp=sampler_logp, truncated=truncated,
+                   reward=reward, correct=correct,
                    mask_BR=torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None],
-                   score_B=torch.tensor(rewards, dtype=torch.float32))
+                   score_B=torch.tensor(reward, dtype=torch.float32))
+
+
+def step_rollout(run, idx, step, seed):
+    """(rollout, zero-variance share of the step's prompts, groups sampled). With --dynamic-sampling DRAWS
+    (DAPO), a group whose replies all score the same (no GRPO gradient) gives its place to a group of a new
+    prompt: each draw samples as many new prompts as places are left (seeded by seed, step, rank, draw);
+    places still left after the last draw keep such groups, so every rank's batch keeps its size."""
+    args, K, n = run.args, run.args.group_size, len(idx)
+    ro = rollout(run, idx, seed)
+    if args.algo != "grpo":
+        return ro, 0.0, n
+    zero_var_G = group_advantages(ro.score_B, K)[1]
+    share = zero_var_G.float().mean().item()
+    if not args.dynamic_sampling:
+        return ro, share, n
+    kept = [(ro, g) for g in range(n) if not zero_var_G[g]]
+    spare = [(ro, g) for g in range(n) if zero_var_G[g]]
+    drawn = n
+    for draw in range(1, args.dynamic_sampling + 1):
+        if len(kept) == n:
+            break
+        key = [args.seed, step, run.rank, draw]
+        new_idx = np.random.default_rng(key).choice(len(run.prompts), min(n - len(kept), len(run.prompts)), False)
+        more = rollout(run, new_idx.tolist(), int(np.random.SeedSequence(key).generate_state(1)[0]))
+        more_zero_G = group_advantages(more.score_B, K)[1]
+        kept += [(more, g) for g in range(len(new_idx)) if not more_zero_G[g]]
+        spare += [(more, g) for g in range(len(new_idx)) if more_zero_G[g]]
+        drawn += len(new_idx)
+    rows = [(r, g * K + k) for r, g in (kept + spare)[:n] for k in range(K)]
+    columns = ("prompt", "response", "text", "sampler_logp", "truncated", "reward", "correct")
+    return make_rollout(*[[getattr(r, c)[i] for r, i in rows] for c in columns]), share, drawn
 
 
 @torch.no_grad()
@@ -699,16 +740,18 @@ def update(run, ro, seed):
     return stats, grad_norms, ratio_dev_first
 
 
-def log_row(run, step, ro, zero_var, learned, times, signum):
+def log_row(run, step, ro, groups, learned, times, signum):
     """The step's log line, from sums over ranks: rewards per reply, token stats per trained token
-    (first-pass stats per token of the step); and the all-reduced signal flag."""
+    (first-pass stats per token of the step); and the all-reduced signal flag. `groups`: this rank's
+    zero-variance shares (of its first draw, of the trained batch) and groups sampled."""
     args, (stats, grad_norms, ratio_dev_first) = run.args, learned
-    B = len(ro.response)
+    B, (zero_var, zero_var_trained, drawn) = len(ro.response), groups
+    G = B // args.group_size
     keys = [f.name for f in fields(stats)] + ["reward", "correct", "length", "truncated", "rows", "zero_var_groups",
-                                              "step_tokens", "signalled"]
+                                              "zero_var_trained", "drawn", "step_tokens", "signalled"]
     sums = all_reduce_sum(list(astuple(stats)) + [
         sum(ro.reward), sum(ro.correct), sum(len(r) for r in ro.response), sum(ro.truncated), B,
-        zero_var * (B // args.group_size), float(ro.mask_BR.sum()), signum], run.world, run.device)
+        zero_var * G, zero_var_trained * G, drawn, float(ro.mask_BR.sum()), signum], run.world, run.device)
     total = dict(zip(keys, sums))
     per_token = lambda k: total[k] / max(total["tokens"], 1)
     kl_tokens = total["step_tokens"] if args.algo == "ppo" else total["tokens"]  # PPO's KL is the sampling policy's
@@ -722,6 +765,9 @@ def log_row(run, step, ro, zero_var, learned, times, signum):
            "sample_s": times[0], "learn_s": times[1]}
     if args.algo == "grpo":
         row["zero_var_groups"] = total["zero_var_groups"] / args.prompts_per_step
+        if args.dynamic_sampling:  # the trained batch's share, and groups sampled per place
+            row["zero_var_trained"] = total["zero_var_trained"] / args.prompts_per_step
+            row["drawn_per_group"] = total["drawn"] / args.prompts_per_step
     else:
         row["vf_loss"] = per_token("vf_loss")
     return row, total["signalled"]
@@ -729,6 +775,8 @@ def log_row(run, step, ro, zero_var, learned, times, signum):
 
 def log_line(row, args):
     extra = f"zero_var {row['zero_var_groups']:.2f}" if args.algo == "grpo" else f"vf_loss {row['vf_loss']:.4f}"
+    if "drawn_per_group" in row:
+        extra += f" (trained {row['zero_var_trained']:.2f}, drawn x{row['drawn_per_group']:.2f})"
     return (f"step {row['step']}/{args.max_steps} reward {row['reward']:.3f} acc {row['accuracy']:.3f} "
             f"len {row['response_length']:.1f} cut {row['truncated']:.2f} kl {row['kl_ref']:.4f} "
             f"clip {row['clip_frac']:.3f} ent {row['entropy']:.3f} gnorm {row['grad_norm']:.3f} {extra} "
@@ -793,7 +841,7 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # 1. rollouts: this rank's share of the step's prompts, `group_size` scored replies to each
         idx = step_prompts(len(run.prompts), args.prompts_per_step, args.seed, step)[rank * local:][:local]
         seed = int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0])
-        ro = rollout(run, idx, seed)
+        ro, zero_var, drawn = step_rollout(run, idx, step, seed)
         t_sample = time.time() - t0
         # 2. old log-probs (PPO: and values) and the reference's, where the update needs them
         if run.prepass:
@@ -801,15 +849,16 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # 3. advantages of every response token
         if args.algo == "grpo":
             adv_B, zero_var_G = group_advantages(ro.score_B, args.group_size, args.adv_eps)
-            ro, zero_var = replace(ro, adv_BR=adv_B[:, None] * ro.mask_BR), zero_var_G.float().mean().item()
+            ro, zero_var_trained = replace(ro, adv_BR=adv_B[:, None] * ro.mask_BR), zero_var_G.float().mean().item()
         else:
-            ro, zero_var = ppo_advantages(ro, args, world, device), 0.0
+            ro, zero_var_trained = ppo_advantages(ro, args, world, device), 0.0
         # 4. --ppo-epochs passes of one optimizer step per mini-batch
         t1 = time.time()
         learned = update(run, ro, seed)  # (Stats, grad norms, ratio_dev_first)
         grad_norms = learned[1]
         # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
-        row, signalled = log_row(run, step, ro, zero_var, learned, (t_sample, time.time() - t1), stopper.signum)
+        row, signalled = log_row(run, step, ro, (zero_var, zero_var_trained, drawn), learned,
+                                 (t_sample, time.time() - t1), stopper.signum)
         if master:
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")

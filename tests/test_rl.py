@@ -205,6 +205,26 @@ def test_reward_rises_on_a_toy_task(toy, tmp_path):
     assert all(0 <= r["zero_var_groups"] <= 1 for r in rows)
 
 
+def half_constant_reward(reply, meta):
+    """0 for every reply to half the words (their groups have no variance), the reply's length on the rest."""
+    return float(len(reply)) if WORDS.index(meta["word"]) % 2 else 0.0
+
+
+def test_dynamic_sampling_replaces_groups_without_variance(toy, tmp_path):
+    extra = ["--max-steps", "3", "--prompts-per-step", "8"]
+    plain = run_rl(toy, tmp_path / "plain", *extra, reward=half_constant_reward)
+    dapo = run_rl(toy, tmp_path / "dapo", *extra, "--dynamic-sampling", "4", reward=half_constant_reward)
+    assert all(r["zero_var_groups"] >= 0.25 for r in plain) and "drawn_per_group" not in plain[0]
+    assert dapo[0]["zero_var_groups"] == plain[0]["zero_var_groups"]  # the same first draw
+    assert all(r["zero_var_trained"] < r["zero_var_groups"] and r["drawn_per_group"] > 1 for r in dapo)
+    again = run_rl(toy, tmp_path / "again", *extra, "--dynamic-sampling", "4", reward=half_constant_reward)
+    assert [r["reward"] for r in again] == [r["reward"] for r in dapo]  # seeded by (seed, step, rank, draw)
+    # nothing to find: every draw is spent, the batch keeps its size with the groups it has
+    flat = run_rl(toy, tmp_path / "flat", *extra, "--dynamic-sampling", "2", reward=lambda reply, meta: 1.0)
+    assert all(r["zero_var_trained"] == 1.0 and r["drawn_per_group"] == 3.0 for r in flat)
+    assert all(r["reward"] == 1.0 and r["grad_norm"] == 0.0 for r in flat)
+
+
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_resume_equals_an_uninterrupted_run(toy, tmp_path, algo):
     extra = ["--algo", algo, "--max-steps", "4", "--save-every", "2", "--ppo-epochs", "2", "--mini-batch-size", "8",
@@ -369,6 +389,8 @@ def test_memory_plan_counts_the_rollouts():
     (["--temperature", "0"], "--temperature"),
     (["--prompts-per-step", "0"], "must be >= 1"),  # not a ZeroDivisionError from the mini-batch check
     (["--fsdp"], "--fsdp shards over ranks"),
+    (["--algo", "ppo", "--dynamic-sampling", "2"], "a GRPO flag"),
+    (["--dynamic-sampling", "-1"], "--dynamic-sampling must be >= 0"),
 ])
 def test_incompatible_flags_are_refused(tmp_path, extra, message):
     with pytest.raises(common.UserError, match=message):

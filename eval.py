@@ -695,16 +695,20 @@ def plot_report(task, rows, path):
     _save_png(fig, path)
 
 
-def plot_curves(sweeps, path):
+def plot_curves(sweeps, path, logs=()):
     """One panel per --sweep file: success per variant against the training step, and the mean
-    without Fake (the checkpoint rule's score) in black, the chosen step marked."""
+    without Fake (the checkpoint rule's score) in black, the chosen step marked. With `logs` (each
+    sweep's training log.jsonl, or None) the run's own curves go in gray: SFT's loss on a right-hand
+    log axis; RL's share of sampled replies that were right and of groups without reward variance."""
     fig, axes = _panels("--plot-curves", len(sweeps), (7, 2.6 * len(sweeps) + 0.4))
-    for ax, sweep in zip(axes, sweeps):
+    for ax, sweep, log in zip(axes, sweeps, list(logs) + [None] * (len(sweeps) - len(logs))):
         steps = [c["step"] for c in sweep["curve"]]
         for variant in sweep["curve"][0]["results"]:
             ax.plot(steps, [c["results"][variant]["success"] for c in sweep["curve"]], marker="o", lw=1,
                     label=variant, ls="--" if variant == "fake" else "-")
         ax.plot(steps, [c["average"] for c in sweep["curve"]], color="black", lw=2.5, label="mean w/o Fake")
+        if log:
+            _plot_train_log(ax, log)
         best = next(c for c in sweep["curve"] if c["path"] == sweep["best"])
         ax.axvline(best["step"], color="gray", ls=":", lw=1)
         n = sweep.get("args", {}).get("limit")
@@ -714,8 +718,26 @@ def plot_curves(sweeps, path):
         ax.set_xlabel("training step")
         ax.set_ylabel("success")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=3)
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
     _save_png(fig, path)
+
+
+def _plot_train_log(ax, rows, window=5):
+    """A training log's curves in gray, each a running mean over `window` steps."""
+    def smooth(key):
+        kept = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        w = min(window, len(kept)) or 1
+        return ([s for s, _ in kept[w - 1:]],
+                [sum(v for _, v in kept[i - w + 1:i + 1]) / w for i in range(w - 1, len(kept))])
+    if any("zero_var_groups" in r for r in rows):  # rl.py's log (GRPO)
+        ax.plot(*smooth("accuracy"), color="gray", lw=1.2, label=f"train: replies right ({window}-step mean)")
+        ax.plot(*smooth("zero_var_groups"), color="gray", lw=1.2, ls="--", label="train: groups w/o variance")
+    elif any("loss" in r for r in rows):  # sft.py's log
+        right = ax.twinx()
+        right.plot(*smooth("loss"), color="gray", lw=1, label=f"train loss ({window}-step mean)")
+        right.set_yscale("log")
+        right.set_ylabel("train loss", color="gray")
+        right.legend(fontsize=7, loc="upper right")
 
 
 def read_report_rows(task, paths):
@@ -805,6 +827,8 @@ def get_parser():
                         help="with --report: also draw the table as a figure, ours beside the paper's (needs matplotlib)")
     parser.add_argument("--plot-curves", metavar="PNG", help="with --report: draw each --sweep file's curve, success "
                         "per variant against the training step (needs matplotlib)")
+    parser.add_argument("--logs", nargs="+", metavar="JSONL", help="with --plot-curves: each --sweep file's training "
+                        "log (sft.py's or rl.py's log.jsonl), in the same order, drawn on its panel")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR",
                        help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
@@ -818,6 +842,7 @@ def get_parser():
 
 def check_args(args):
     """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
+    refuse([(args.logs and not args.plot_curves, "--logs go with --report ... --plot-curves PNG")])
     if args.report:
         refuse([(args.model or args.sweep or args.distill,
                  "--report reads result files only: leave out --model, --sweep and --distill")])
@@ -967,12 +992,15 @@ def run_report(args):
         sweeps = [s for s in sweeps if isinstance(s, dict) and s.get("curve")]
         if not sweeps:
             raise UserError("--plot-curves: none of the --report files is an --sweep file (with a curve)")
+        logs = [read_jsonl(path) for path in args.logs or ()]
+        if len(logs) > len(sweeps):
+            raise UserError(f"--logs: {len(logs)} logs for {len(sweeps)} --sweep files (one a sweep, in order)")
     print(format_report(args.task, rows))
     if args.plot:
         plot_report(args.task, rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.plot_curves:
-        plot_curves(sweeps, args.plot_curves)
+        plot_curves(sweeps, args.plot_curves, logs)
         print(f"wrote {args.plot_curves}", file=sys.stderr)
 
 

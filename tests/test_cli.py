@@ -131,7 +131,7 @@ SCRIPTS = ["sft.py", "rl.py", "eval.py", "make_data.py"]
 SKIP = {"--help", "--truncate", "--no-group-by-length", "--fsdp", "--grad-checkpointing", "--compile", "--resume",
         "--overwrite", "--sok-augment", "--distill",
         # modes that change what the other flags mean: probed below with their own baselines
-        "--report", "--plot", "--plot-curves", "--sweep", "--distill-from", "--label", "--stop"}
+        "--report", "--plot", "--plot-curves", "--logs", "--sweep", "--distill-from", "--label", "--stop"}
 CASES = [(script, a.option_strings[-1], value, expect) for script in SCRIPTS for a in parser_of(script)._actions
          if a.option_strings and a.option_strings[-1] not in SKIP and a.nargs != 0
          for value, expect in probes(a)]

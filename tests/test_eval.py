@@ -484,6 +484,19 @@ def test_plot_curves_draws_each_sweep_and_refuses_plain_rows(tmp_path, monkeypat
     result = run(str(row), str(sweep), "--plot-curves", str(tmp_path / "curves.png"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each sweep's training log on its panel: rl.py's (right replies, groups without variance), sft.py's (loss)
+    rl_log, sft_log = tmp_path / "rl.jsonl", tmp_path / "sft.jsonl"
+    rl_log.write_text("".join(json.dumps(dict(step=s, accuracy=s / 20, zero_var_groups=0.1)) + "\n" for s in range(1, 21)))
+    sft_log.write_text("".join(json.dumps(dict(step=s, loss=1 / s)) + "\n" for s in range(1, 3)))
+    result = run(str(sweep), str(sweep), "--plot-curves", str(tmp_path / "logs.png"), "--logs", str(rl_log), str(sft_log))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "logs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run(str(sweep), "--plot-curves", str(tmp_path / "no.png"), "--logs", str(rl_log), str(sft_log))
+    assert result.returncode == 2 and "2 logs for 1 --sweep files" in result.stderr
+    result = run(str(sweep), "--logs", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2 and "--logs go with --report ... --plot-curves" in result.stderr
+    result = run(str(sweep), "--plot-curves", str(tmp_path / "no.png"), "--logs", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2 and "missing.jsonl" in result.stderr and not (tmp_path / "no.png").exists()
 
 
 def base_oracle(prompt):

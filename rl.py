@@ -605,20 +605,17 @@ def step_rollout(run, idx, step, seed):
     share = zero_var_G.float().mean().item()
     if not args.dynamic_sampling:
         return ro, share, n
-    kept = [(ro, g) for g in range(n) if not zero_var_G[g]]
-    spare = [(ro, g) for g in range(n) if zero_var_G[g]]
-    drawn = n
+    groups, drawn = [(bool(z), ro, g) for g, z in enumerate(zero_var_G)], n  # (no variance, rollout, group)
     for draw in range(1, args.dynamic_sampling + 1):
-        if len(kept) == n:
+        left = n - sum(not z for z, _, _ in groups)
+        if left <= 0:
             break
         key = [args.seed, step, run.rank, draw]
-        new_idx = np.random.default_rng(key).choice(len(run.prompts), min(n - len(kept), len(run.prompts)), False)
+        new_idx = np.random.default_rng(key).choice(len(run.prompts), min(left, len(run.prompts)), False)
         more = rollout(run, new_idx.tolist(), int(np.random.SeedSequence(key).generate_state(1)[0]))
-        more_zero_G = group_advantages(more.score_B, K)[1]
-        kept += [(more, g) for g in range(len(new_idx)) if not more_zero_G[g]]
-        spare += [(more, g) for g in range(len(new_idx)) if more_zero_G[g]]
+        groups += [(bool(z), more, g) for g, z in enumerate(group_advantages(more.score_B, K)[1])]
         drawn += len(new_idx)
-    rows = [(r, g * K + k) for r, g in (kept + spare)[:n] for k in range(K)]
+    rows = [(r, g * K + k) for _, r, g in sorted(groups, key=lambda t: t[0])[:n] for k in range(K)]  # stable
     columns = ("prompt", "response", "text", "sampler_logp", "truncated", "reward", "correct")
     return make_rollout(*[[getattr(r, c)[i] for r, i in rows] for c in columns]), share, drawn
 

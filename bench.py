@@ -973,6 +973,8 @@ def _torchrun(script, nproc, argv):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
                           timeout=600)
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    errors = [line for line in lines if ("Error" in line or "error:" in line) and "ChildFailedError" not in line]
+    lines = errors or lines  # the rank's own error, not torchrun's banner after it
     return proc.returncode == 0, "" if proc.returncode == 0 else f"exit {proc.returncode}: {lines[-1] if lines else ''}"
 
 

@@ -188,6 +188,10 @@ def load_model(path, dtype="bf16", device="cpu"):
     from transformers import AutoModelForCausalLM
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"not a model directory (no config.json): {path}")
+    import transformers
+    if tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]) < (5, 21):
+        raise UserError(f"transformers {transformers.__version__} is older than 5.21, the first whose logits_to_keep "
+                        "takes the boolean (B, T) mask sft.py and rl.py pass: pip install 'transformers>=5.21,<6'")
     attention = "sdpa" if torch.device(device).type == "cuda" else "eager"
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attention).to(device)

@@ -245,6 +245,17 @@ def test_convert_gguf_errors(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_load_model_refuses_a_transformers_without_boolean_logits_to_keep(tiny, monkeypatch):
+    """transformers 5.17 (a GPU image's) indexes hidden states with the (B, T) mask sft.py passes and fails
+    with an IndexError deep in the model; a version check says what to install instead."""
+    import transformers
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(common.UserError, match=r"transformers 5\.17\.0 is older than 5\.21"):
+        common.load_model(tiny["out_dir"], dtype="fp32")
+    monkeypatch.setattr(transformers, "__version__", "5.21.0.dev0")
+    assert common.load_model(tiny["out_dir"], dtype="fp32") is not None
+
+
 # -----------------------------------------------------------------------------
 # what --model names (no network: nothing here reaches the hub)
 

@@ -811,6 +811,8 @@ def bench_same(args):
 QWEN25_SHAPES = {  # from Qwen2.5's published config.json files
     "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }
@@ -858,12 +860,12 @@ GPU_SIZES = dict(sft_chats=512, sft_batch=128, sft_micro=32, sft_steps=20, rl_pr
 
 
 def bench_gpu(args):
-    """The CUDA check (refused without a GPU): gpu_check on a random model of Qwen2.5-0.5B's shape."""
+    """The CUDA check (refused without a GPU): gpu_check on a random model of a Qwen2.5 shape (--shape)."""
     import torch
     import common
     if not torch.cuda.is_available():
         raise common.UserError("gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU node")
-    return gpu_check(torch.device("cuda"), "0.5B", GPU_SIZES, args.seed, torch.cuda.device_count())
+    return gpu_check(torch.device("cuda"), args.shape, GPU_SIZES, args.seed, torch.cuda.device_count())
 
 
 def gpu_check(device, shape, sizes, seed, gpus):
@@ -1062,6 +1064,8 @@ def main():
     parser.add_argument("--trick", choices=list(TRICK_SWITCHES), default=None, help="tricks --memory: only this trick")
     parser.add_argument("--gpus", type=int, default=8, help="plan: GPUs the recipe runs on")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="plan: the longest RL prompt, in tokens")
+    parser.add_argument("--shape", choices=["0.5B", "1.5B"], default="0.5B",
+                        help="gpu: the random model's Qwen2.5 shape (1.5B: fp32 weights, grads and AdamW ~25 GB)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")

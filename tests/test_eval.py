@@ -597,7 +597,8 @@ def test_readme_tables_come_from_the_committed_results():
         table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
         assert table in readme, task
         assert open(os.path.join(ROOT, "results", "tiny", task, f"{task}.md"), encoding="utf-8").read().strip() == table
-    for model, tag in (("tiny", "quick"), ("smollm2", "quick"), ("smollm2", "quick-seed1")):
+    for model, tag in (("tiny", "quick"), ("smollm2", "quick"), ("smollm2", "quick-seed1"),
+                       ("smollm2", "quick-amd")):
         quick = [os.path.join(ROOT, "results", model, tag, f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
         table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
         committed = open(os.path.join(ROOT, "results", model, tag, "sokoban.md"), encoding="utf-8").read()

@@ -4,6 +4,7 @@
     python eval.py --model runs/gp-ans/final --task gpoints --data data --out gp.json   # 8 variants x 500 hands
     python eval.py --model runs/sok-ans/final --task sokoban --limit 20 --temperature 0  # quick and greedy
     python eval.py --sweep runs/sok-ans --task sokoban --out sweep.json                  # best step_N (mean w/o Fake)
+    python eval.py --model random --task sokoban --data data --limit 20 --seed 1         # a random policy's row
     python eval.py --report results/*.json --task sokoban --plot table1.png             # one table from --out files
     python eval.py --distill --model TEACHER --task sokoban --data data --samples 16 \
         --out data/sokoban/train_distilled_cot.jsonl                                   # CoT targets from a teacher
@@ -20,6 +21,8 @@ import inspect
 import json
 import math
 import os
+import random
+import re
 import sys
 from dataclasses import dataclass
 
@@ -491,6 +494,23 @@ def model_replies(model, tokenizer, *, temperature=0.5, top_p=1.0, max_new_token
     return replies
 
 
+def announced_names(prompt):
+    """The answer words a Sokoban prompt announces, in either style ("actions: A is Up, ..." or
+    "Answers: <answer> A </answer> | ..."), or [] when it announces none."""
+    compact = re.search(r"^sokoban\. actions: (.*)$", prompt, re.M)
+    if compact:
+        return [part.rsplit(" is ", 1)[0] for part in compact.group(1).split(", ")]
+    full = re.search(r"^Answers: (.*)$", prompt, re.M)
+    return re.findall(r"<answer> (.*?) </answer>", full.group(1)) if full else []
+
+
+def random_replies(contents, seed):
+    """--model random: the baseline every Sokoban table reads against. Each turn it answers one of the
+    names the prompt announces, uniformly (so Fake, which accepts other names, scores 0), seeded."""
+    rng = random.Random(seed)
+    return [make_data.sokoban_reply(rng.choice(names)) if (names := announced_names(c)) else "" for c in contents]
+
+
 def evaluate_sokoban(replies, sets, *, seed=0, max_turns=30, show=2, progress=True):
     """The paper's multi-turn protocol. `replies(prompts, seed)` is the policy (model_replies, or
     a scripted one in the tests). Every episode of every variant advances together, one batched
@@ -567,6 +587,8 @@ ENV_EVALUATORS = {"sokoban": evaluate_sokoban, "gpoints": evaluate_gpoints}  # w
 
 def evaluate_model(args, model_path, sets, model=None):
     """{variant: metrics} of the model at model_path (loaded unless given) on `sets`, as args say."""
+    if model_path == "random":
+        return evaluate_sokoban(random_replies, sets, seed=args.seed, max_turns=args.max_turns, show=args.show)
     model = model if model is not None else load_model(model_path, args.dtype, args.device)
     tokenizer = load_tokenizer(model_path)
     style, first_set = trained_style(model_path), next(iter(sets.values()), [])
@@ -803,7 +825,8 @@ def get_parser():
     cuda = torch.cuda.is_available()
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory (sft.py / rl.py output or a Hugging Face chat model), a "
-                        "hub id, or 'smollm2'")
+                        "hub id, 'smollm2', or 'random' (Sokoban: each turn one of the names the prompt announces, "
+                        "uniformly; the baseline)")
     parser.add_argument("--task", choices=("sokoban", "gpoints", "base"), required=True,
                         help="which benchmark ('base': the tiny base model's held-out copy/lookup/arithmetic examples)")
     parser.add_argument("--data", default="data", help="make_data.py's output directory (eval sets in DATA/TASK/)")
@@ -856,6 +879,8 @@ def check_args(args):
         (args.sweep and (args.model or args.distill),
          "--sweep evaluates RUN_DIR's step_N checkpoints: leave out --model and --distill"),
         (not args.sweep and not args.model, "--model is required (or --sweep RUN_DIR, or --report FILES)"),
+        (args.model == "random" and (args.task != "sokoban" or args.distill),
+         "--model random is Sokoban's random-policy baseline: --task sokoban, no --distill"),
         (args.distill and args.task == "base", "--distill makes Sokoban or General Points targets: --task sokoban or "
          "gpoints"),
         (args.sweep and not os.path.isdir(args.sweep), f"--sweep: run directory not found: {args.sweep}"),
@@ -881,7 +906,8 @@ def main(argv=None):
         return run_report(args)
     # the model's path and the reply cap resolved, in a copy that --out records as the run's args
     cap = 1024 if args.distill else 256 if args.task == "sokoban" else 512
-    run = argparse.Namespace(**{**vars(args), "model": args.model and resolve_model(args.model),
+    model = args.model if args.model == "random" else args.model and resolve_model(args.model)
+    run = argparse.Namespace(**{**vars(args), "model": model,
                                 "max_new_tokens": args.max_new_tokens or cap})
     if run.distill:
         return run_distill(run)

@@ -363,6 +363,40 @@ def test_garbage_and_half_valid_policies(data):
     assert half["success"] == 1.0 and half["valid"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("style", ["compact", "full"])
+def test_announced_names_are_read_from_either_prompt_style(style):
+    grid = "# # # #\n# P X #\n# # # #"
+    for vocab, names in env_sokoban.VOCABS.items():
+        prompt = make_data.sokoban_prompt(grid, names, style)
+        assert evaluation.announced_names(prompt) == [names[a] for a in env_sokoban.ACTIONS], (style, vocab)
+    assert evaluation.announced_names("what now?") == []
+
+
+def test_random_policy_answers_an_announced_name_seeded(data):
+    sets = evaluation.load_eval_sets(data, "sokoban", evaluation.SOKOBAN_VARIANTS)
+    prompts = [evaluation.Episode(v, r, 30).prompt() for v, records in sets.items() for r in records]
+    replies = evaluation.random_replies(prompts + ["no names here"], seed=3)
+    assert replies == evaluation.random_replies(prompts + ["no names here"], seed=3) and replies[-1] == ""
+    for prompt, reply in zip(prompts, replies):
+        assert env_sokoban.answer_tag(reply).strip() in evaluation.announced_names(prompt)
+    assert len(set(replies[:-1])) > 4  # varies over rooms and vocabularies
+    results = evaluation.evaluate_sokoban(evaluation.random_replies, sets, progress=False)
+    assert results["id"]["valid"] == results["rand"]["valid"] == 1.0
+    assert results["fake"]["valid"] == results["fake"]["success"] == 0.0  # it answers the announced 1-4
+
+
+def test_cli_random_baseline_writes_its_row(data, tmp_path):
+    out = tmp_path / "random.json"
+    result = subprocess.run([sys.executable, "eval.py", "--model", "random", "--task", "sokoban", "--data", data,
+                             "--limit", "2", "--label", "random policy", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())
+    assert row["model"] == "random" and set(row["variants"]) == set(evaluation.SOKOBAN_VARIANTS)
+    assert "random policy" in subprocess.run([sys.executable, "eval.py", "--task", "sokoban", "--report", str(out)],
+                                             cwd=ROOT, capture_output=True, text=True).stdout
+
+
 def test_gpoints_scoring_of_known_replies(data):
     sets = evaluation.load_eval_sets(data, "gpoints", evaluation.GPOINTS_VARIANTS)
     by_prompt = {r["messages"][0]["content"]: r["meta"] for records in sets.values() for r in records}
@@ -540,6 +574,7 @@ EVAL_REFUSALS = {  # id: (argv, message); every one fires before a model is load
                          "is a file, not a directory"),
     "unknown variant": (["--model", "{model}", "--task", "gpoints", "--variants", "alpha"],
                         "--variants: unknown alpha"),
+    "random on gpoints": (["--model", "random", "--task", "gpoints"], "--model random is Sokoban's"),
     "report of another task": (["--task", "gpoints", "--report", "{sokoban}"],
                                "holds sokoban results, not gpoints ones"),
 }

@@ -73,8 +73,11 @@ fi
 [ "$MODE" = quick ] && : "${SWEEP_LIMIT:=0}"
 : "${ROWS:=$DEFAULT_ROWS}" "${GP_RECORDS:=5000}" "${BASE_RECORDS:=20000}" "${SWEEP_LIMIT:=10}" "${SWEEP_VARIANTS:=}"
 [ -n "${SFT_DTYPE:-}" ] && SFT_EXTRA+=" --dtype $SFT_DTYPE"
-# room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to ~190
-if [ "$TASK" = gpoints ]; then : "${MAX_NEW:=256}"; else : "${MAX_NEW:=128}"; fi
+# room for the longest reply: Sokoban CoT replies are under 100 tokens, General Points CoT ones up to 142 (path)
+# or 332 (COT=search: SmolLM2's tokenizer on the 5,000 training replies, mean 202)
+if [ "$TASK" = gpoints ]; then
+  if [ "${COT:-}" = search ]; then : "${MAX_NEW:=384}"; else : "${MAX_NEW:=256}"; fi
+else : "${MAX_NEW:=128}"; fi
 # RL (warm)'s CoT-SFT warm start: a fifth of a row's steps, unless the model's branch above chose another, saved
 # every WARM_SAVE_EVERY steps; under the checkpoint rule GRPO starts from the warm checkpoint the rule chooses (a
 # deviation: the paper warms up for a fixed 10 steps). RL_TEMP: sampling temperature; RL_DYNAMIC=N: DAPO's dynamic

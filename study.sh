@@ -45,7 +45,7 @@ case $MODE in
   *) echo "usage: bash study.sh quick|sokoban|gpoints" >&2; exit 2 ;;
 esac
 for v in SEED ROOMS STEPS BATCH LIMIT SWEEP_LIMIT RL_STEPS RL_PROMPTS WARM_STEPS MAX_NEW GP_RECORDS BASE_RECORDS \
-    COPY_STEPS BASE_STEPS SAVE_EVERY WARM_SAVE_EVERY RL_SAVE_EVERY RL_DYNAMIC; do  # a typo here would otherwise surface as a bash arithmetic error
+    COPY_STEPS BASE_STEPS SAVE_EVERY WARM_SAVE_EVERY RL_SAVE_EVERY RL_DYNAMIC MICRO; do  # a typo here would otherwise surface as a bash arithmetic error
   if [ -n "${!v:-}" ] && ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "study.sh: error: $v=${!v}: a whole number" >&2; exit 2; fi
 done
 if [ "$MODEL" = tiny ]; then
@@ -56,7 +56,8 @@ if [ "$MODEL" = tiny ]; then
   fi
   : "${BATCH:=128}" "${LR:=1e-3}" "${RL_LR:=1e-4}" "${RL_PROMPTS:=32}" "${RL_STEPS:=30}" "${AUGMENT:=--sok-augment}"
   : "${EVAL_DTYPE:=fp32}"
-  SFT_EXTRA="--micro-batch-size 128${SAVE_EVERY:+ --save-every $SAVE_EVERY}"
+  : "${MICRO:=128}"
+  SFT_EXTRA="--micro-batch-size $MICRO${SAVE_EVERY:+ --save-every $SAVE_EVERY}"
 else
   # SmolLM2: batch 32 of ~115-token compact prompts, ~3.5 s a step on 2 cores with --compile
   if [ "$MODE" = quick ]; then : "${STEPS:=150}" "${LIMIT:=30}"; else : "${STEPS:=300}" "${LIMIT:=50}"; fi
@@ -67,7 +68,10 @@ else
   # Sokoban's warm start: half a row's steps; a 60-step one picks its first move at a random policy's
   # level, and GRPO's one-bit reward cannot teach it to read the grid (README: RL (warm) on SmolLM2)
   if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
-  SFT_EXTRA="--micro-batch-size 32 --compile --save-every ${SAVE_EVERY:-50}"  # resumable, and swept (below)
+  # micro-batches of 32; 16 for COT=search on General Points, whose longest batches (replies up to 332 tokens)
+  # went past 24 GiB at 32 and were killed (step 21 of a warm start); accumulation keeps the batch at BATCH
+  if [ "$TASK" = gpoints ] && [ "${COT:-}" = search ]; then : "${MICRO:=16}"; else : "${MICRO:=32}"; fi
+  SFT_EXTRA="--micro-batch-size $MICRO --compile --save-every ${SAVE_EVERY:-50}"  # resumable, and swept (below)
 fi
 # the quickstart evaluates final/ only (its measured time); the full modes apply the checkpoint rule
 [ "$MODE" = quick ] && : "${SWEEP_LIMIT:=0}"
@@ -148,7 +152,7 @@ sweep() {
 echo "study.sh $MODE: MODEL=$MODEL OUT=$OUT SEED=$SEED ROOMS=$ROOMS STEPS=$STEPS BATCH=$BATCH LR=$LR" \
   "WARM_STEPS=$WARM_STEPS WARM_LR=$WARM_LR RL_STEPS=$RL_STEPS RL_PROMPTS=$RL_PROMPTS RL_LR=$RL_LR RL_TEMP=$RL_TEMP" \
   "RL_DYNAMIC=$RL_DYNAMIC" \
-  "LIMIT=$LIMIT MAX_NEW=$MAX_NEW ROWS='$ROWS'" | tee -a "$COMMANDS"
+  "LIMIT=$LIMIT MAX_NEW=$MAX_NEW MICRO=$MICRO ROWS='$ROWS'" | tee -a "$COMMANDS"
 
 log "data"
 TASKS=$TASK

@@ -82,3 +82,28 @@ def test_readme_demo_runs_as_written(tmp_path):
                                 capture_output=True, text=True)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert (tmp_path / "runs" / "sok-rl" / "final" / "model.safetensors").is_file()
+
+
+def _study_header(tmp_path, mode, **env):
+    """study.sh's settings line, with a `python` that fails so that nothing after it runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 3\n")
+    (bin_dir / "python").chmod(0o755)
+    result = subprocess.run(["bash", "study.sh", mode], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                 "OUT": str(tmp_path / "out"), **env})
+    assert result.returncode != 0  # stopped at make_data.py, as intended
+    line = next(l for l in result.stdout.splitlines() if l.startswith(f"study.sh {mode}:"))
+    return dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
+
+
+def test_searching_cot_gets_room_for_its_replies_and_smaller_micro_batches(tmp_path):
+    plain = _study_header(tmp_path, "gpoints")
+    search = _study_header(tmp_path, "gpoints", COT="search")
+    assert (plain["MAX_NEW"], plain["MICRO"]) == ("256", "32")
+    # replies up to 332 SmolLM2 tokens; at micro-batches of 32 a warm start went past 24 GiB
+    assert (search["MAX_NEW"], search["MICRO"]) == ("384", "16")
+    assert search["BATCH"] == plain["BATCH"] == "32"  # accumulation, not a smaller batch
+    assert _study_header(tmp_path, "gpoints", COT="search", MICRO="8")["MICRO"] == "8"
+    assert _study_header(tmp_path, "sokoban")["MICRO"] == "32"

@@ -1065,7 +1065,7 @@ def main():
     parser.add_argument("--gpus", type=int, default=8, help="plan: GPUs the recipe runs on")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="plan: the longest RL prompt, in tokens")
     parser.add_argument("--shape", choices=["0.5B", "1.5B"], default="0.5B",
-                        help="gpu: the random model's Qwen2.5 shape (1.5B: fp32 weights, grads and AdamW ~25 GB)")
+                        help="gpu: the random model's Qwen2.5 shape (1.5B: fp32 weights, grads and AdamW take 16 bytes a parameter)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     args = parser.parse_args()
     args.model = args.model or ("smollm2" if args.which == "encode" else "tiny")

@@ -68,8 +68,8 @@ else
   # Sokoban's warm start: half a row's steps; a 60-step one picks its first move at a random policy's
   # level, and GRPO's one-bit reward cannot teach it to read the grid (README: RL (warm) on SmolLM2)
   if [ "$TASK" = sokoban ]; then : "${WARM_STEPS:=$(( STEPS / 2 ))}"; fi
-  # micro-batches of 32; 16 for COT=search on General Points, whose longest batches (replies up to 332 tokens)
-  # went past 24 GiB at 32 and were killed (step 21 of a warm start); accumulation keeps the batch at BATCH
+  # micro-batches of 32; 16 for COT=search on General Points, whose replies are the longest (at 32 its longest
+  # batches ran out of memory: docs/LOG.md, 2026-12-06); accumulation keeps the batch at BATCH
   if [ "$TASK" = gpoints ] && [ "${COT:-}" = search ]; then : "${MICRO:=16}"; else : "${MICRO:=32}"; fi
   SFT_EXTRA="--micro-batch-size $MICRO --compile --save-every ${SAVE_EVERY:-50}"  # resumable, and swept (below)
 fi

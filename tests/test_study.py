@@ -102,7 +102,7 @@ def test_searching_cot_gets_room_for_its_replies_and_smaller_micro_batches(tmp_p
     plain = _study_header(tmp_path, "gpoints")
     search = _study_header(tmp_path, "gpoints", COT="search")
     assert (plain["MAX_NEW"], plain["MICRO"]) == ("256", "32")
-    # replies up to 332 SmolLM2 tokens; at micro-batches of 32 a warm start went past 24 GiB
+    # the searching replies are the longest: more new tokens, smaller micro-batches
     assert (search["MAX_NEW"], search["MICRO"]) == ("384", "16")
     assert search["BATCH"] == plain["BATCH"] == "32"  # accumulation, not a smaller batch
     assert _study_header(tmp_path, "gpoints", COT="search", MICRO="8")["MICRO"] == "8"

@@ -67,6 +67,9 @@ def get_parser():
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
     g.add_argument("--batch-size", type=int, default=128, help="sequences per optimizer step, over all ranks")
     g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward on one rank")
+    g.add_argument("--micro-batch-tokens", type=int, default=0,
+                   help="cut a step's micro-batches into parts of at most this many padded tokens (0: off): the "
+                        "same update with less activation memory on long batches; a resumed run may change it")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-5; 1e-3 for a tiny model)")
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps warming up before the cosine decay")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on norms or biases)")
@@ -105,7 +108,8 @@ def check_args(args, world, parser):
         (not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1), "--beta1 and --beta2 must be in [0, 1)"),
         (min(args.weight_decay, args.grad_clip, args.kl_coef, args.l2_coef) < 0,
          "--weight-decay, --grad-clip, --kl-coef and --l2-coef must be >= 0"),
-        (min(args.save_every, args.stop_after) < 0, "--save-every and --stop-after must be >= 0"),
+        (min(args.save_every, args.stop_after, args.micro_batch_tokens) < 0,
+         "--save-every, --stop-after and --micro-batch-tokens must be >= 0"),
         (args.log_every < 1, "--log-every must be >= 1"),
         (args.model != "tiny" and tiny_flags,
          f"flags of --model tiny given with --model {args.model}: {', '.join(tiny_flags)}"),
@@ -232,6 +236,22 @@ def plan_epoch(lengths, batch_size, micro_batch_size, seed, epoch, group_by_leng
     steps = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
     steps = [steps[i] for i in rng.permutation(n_steps)]
     return [[s[j:j + micro_batch_size].tolist() for j in range(0, batch_size, micro_batch_size)] for s in steps]
+
+
+def split_micro_batches(step_plan, lengths, max_tokens, multiple):
+    """The step's micro-batches, each cut into k contiguous parts, k the fewest that bring every part of the
+    step within max_tokens padded tokens (a part keeps one row at least). One k for the whole step, so
+    every rank runs the same number of forward passes, as FSDP's collectives need; the update is the
+    same, as the loss is divided by the whole step's tokens (step_loss_scale)."""
+    if not max_tokens:
+        return step_plan
+
+    def fits(k):
+        return all(len(part) * pad_length(max(lengths[i] for i in part), multiple) <= max_tokens
+                   for rows in step_plan for part in np.array_split(rows, k))
+    k_max = min(len(rows) for rows in step_plan)
+    k = next((k for k in range(1, k_max) if fits(k)), k_max)
+    return [part.tolist() for rows in step_plan for part in np.array_split(rows, k)]
 
 
 class Batch(NamedTuple):
@@ -562,9 +582,11 @@ def main(argv=None):
         if epoch not in plans:
             plans = {epoch: plan_epoch(lengths, args.batch_size, args.micro_batch_size, args.seed, epoch,
                                        not args.no_group_by_length)}
-        # the step's global plan holds accum x world micro-batches; rank r takes r, r + world, ...
+        # the step's global plan holds accum x world micro-batches (x k parts under a token budget);
+        # rank r takes r, r + world, ...
+        step_plan = split_micro_batches(plans[epoch][idx], lengths, args.micro_batch_tokens, args.pad_multiple)
         micro_batches = [collate(run.examples, rows, run.tokenizer.pad_token_id, args.pad_multiple)
-                         for rows in plans[epoch][idx][run.rank::run.world]]
+                         for rows in step_plan[run.rank::run.world]]
         lr = lr_at(step, total, run.warmup_steps, args.lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -577,7 +599,7 @@ def main(argv=None):
         row = {"step": step + 1, "epoch": round(step / run.steps_per_epoch, 3),
                "loss": ce_mean + args.kl_coef * kl_mean + args.l2_coef * l2, "ce": ce_mean, "kl": kl_mean, "l2": l2,
                "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_real / dt, "padding_share": 1 - n_real / n_padded,
-               "supervised_tokens": int(n_sup), "seconds": dt}
+               "supervised_tokens": int(n_sup), "micro_batches": len(micro_batches), "seconds": dt}
         if master:
             line = (f"step {step + 1}/{total} loss {row['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
                     f"tok/s {row['tokens_per_s']:.0f} pad {row['padding_share']:.1%}")

@@ -187,6 +187,21 @@ def test_plan_epoch_groups_lengths_and_is_deterministic():
     assert pad_share(plan) < 0.1 < pad_share(sft.plan_epoch(lengths, 64, 8, 1, 0, group_by_length=False))
 
 
+def test_token_budget_cuts_every_micro_batch_of_a_step_alike():
+    lengths = [random.Random(i).randint(10, 200) for i in range(256)]
+    step = sft.plan_epoch(lengths, 64, 16, seed=0, epoch=0)[0]
+    size = lambda part: len(part) * sft.pad_length(max(lengths[i] for i in part), 32)  # noqa: E731
+    assert sft.split_micro_batches(step, lengths, 0, 32) == step  # off
+    assert sft.split_micro_batches(step, lengths, 10 ** 9, 32) == step  # everything fits: unchanged
+    budget = max(size(mb) for mb in step) // 3
+    parts = sft.split_micro_batches(step, lengths, budget, 32)
+    k = len(parts) // len(step)
+    assert len(parts) == k * len(step) and k > 1  # one k for the step: every rank runs as many passes
+    assert all(size(p) <= budget for p in parts)
+    assert [i for p in parts for i in p] == [i for mb in step for i in mb]  # every row once, in order
+    assert all(len(p) == 1 for p in sft.split_micro_batches(step, lengths, 1, 32))  # a row is never cut
+
+
 def test_lr_schedule():
     assert sft.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
     assert sft.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
@@ -254,9 +269,14 @@ def test_compiled_layers_train_like_eager_ones(data, tiny_dir, reference_run, tm
 
 
 def test_fsdp_and_grad_checkpointing_under_gloo(data, tiny_dir, reference_run, tmp_path):
+    # with a token budget of 1 every micro-batch of 2 is cut in two: the ranks still run as many passes
+    # (FSDP's collectives would hang otherwise) and the update is the reference's
     out = str(tmp_path / "fsdp")
-    proc = run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--fsdp", "--grad-checkpointing", nproc=2)
+    proc = run_sft("--model", tiny_dir, "--data", data, "--out", out, *SMALL, "--fsdp", "--grad-checkpointing",
+                   "--micro-batch-tokens", 1, nproc=2)
     assert "memory plan" in proc.stdout
+    accumulation = json.load(open(os.path.join(out, "config.json")))["accumulation"]
+    assert accumulation == 2 and {row["micro_batches"] for row in log(out)} == {2 * accumulation}
     ref, got = weights(reference_run), weights(out)
     assert set(ref) == set(got)
     for k in ref:
@@ -343,6 +363,7 @@ SFT_REFUSALS = {  # id: (extra argv, what OUT holds before: None / "other" / "sa
     "binary data": (["--data", "{bin}"], None, "bin.jsonl:1: not UTF-8"),
     "batch 0": (["--batch-size", 0], None, "--batch-size and --micro-batch-size must be >= 1"),
     "micro-batch 0": (["--micro-batch-size", 0], None, "--batch-size and --micro-batch-size must be >= 1"),
+    "token budget -1": (["--micro-batch-tokens", -1], None, "--micro-batch-tokens must be >= 0"),
     "lr -1": (["--lr", -1], None, "--lr must be > 0"),
     "lr 0": (["--lr", 0], None, "--lr must be > 0"),
     "epochs 0": (["--epochs", 0], None, "--epochs must be > 0"),

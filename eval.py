@@ -654,19 +654,32 @@ PAPER_TABLE1 = {
 }
 
 
-def format_report(task, rows):
+def paper_row(task, label):
+    """Table 1's row for a method's label: the label itself, or the label less a qualifier in brackets
+    ('CoT (search)', 'Diver.+CoT (relative)' are the paper's 'CoT', 'Diver.+CoT'); None for other methods."""
+    table = PAPER_TABLE1[task]
+    if label in table:
+        return table[label]
+    base = re.sub(r" \([^()]*\)$", "", label)
+    return table.get(base) if base != label else None
+
+
+def format_report(task, rows, checkpoints=None):
     """One Markdown table from several result files: a row per method (success, and the paper's
-    success below it where the method is one of Table 1's), variants as columns. General Points
-    results that hold `values_read` get a second table of it."""
+    success below it where the method is one of Table 1's), variants as columns. With `checkpoints`
+    (one per row, e.g. 'step 250' or 'final'), a last column says which checkpoint each row is.
+    General Points results that hold `values_read` get a second table of it."""
     variants = VARIANTS[task]
     cells = lambda results, key: [f"{results[v][key]:.2f}" if v in results else "-" for v in variants]
-    lines = [_md_row("method", [*variants, "mean w/o Fake"]), "|---|" + "---|" * (len(variants) + 1)]
-    for label, results in rows:
-        lines.append(_md_row(label, [*cells(results, "success"), f"{average_except_fake(results):.2f}"]))
-        paper = PAPER_TABLE1[task].get(label)
+    extra = ["checkpoint"] if checkpoints else []
+    lines = [_md_row("method", [*variants, "mean w/o Fake", *extra]), "|---|" + "---|" * (len(variants) + 1 + len(extra))]
+    for i, (label, results) in enumerate(rows):
+        lines.append(_md_row(label, [*cells(results, "success"), f"{average_except_fake(results):.2f}",
+                                     *([checkpoints[i]] if checkpoints else [])]))
+        paper = paper_row(task, label)
         if paper:
             mean = sum(paper[:-1]) / (len(paper) - 1)
-            lines.append(_md_row("*paper*", [f"*{x:.2f}*" for x in (*paper, mean)]))
+            lines.append(_md_row("*paper*", [f"*{x:.2f}*" for x in (*paper, mean)] + [""] * len(extra)))
     if all("values_read" in m for _, results in rows for m in results.values()):
         lines += ["",
                   "values read (the reply's \"number\" list holds the hand's values under the scored J/Q/K rule):", "",
@@ -702,7 +715,7 @@ def plot_report(task, rows, path):
     x = range(len(variants))
     for ax, (label, results) in zip(axes, rows):
         ours = [results[v]["success"] if v in results else 0.0 for v in variants]
-        paper = PAPER_TABLE1[task].get(label)
+        paper = paper_row(task, label)
         width = 0.4 if paper else 0.6
         ax.bar([i - (width / 2 if paper else 0) for i in x], ours, width, label="this run", color="tab:blue")
         if paper:
@@ -762,11 +775,13 @@ def _plot_train_log(ax, rows, window=5):
         right.legend(fontsize=7, loc="upper right")
 
 
-def read_report_rows(task, paths):
+def read_report_rows(task, paths, with_checkpoints=False):
     """(label, results) of every --out or --sweep file (a sweep's best checkpoint) for the --report
     table. A file of another benchmark is refused; files of the base model's skills (task 'base',
-    e.g. a study's base.json) are not rows of the table: they are skipped, with a note naming them."""
-    rows, skipped = [], []
+    e.g. a study's base.json) are not rows of the table: they are skipped, with a note naming them.
+    with_checkpoints: also the checkpoint each row is ('step N', 'final', or '-' for a hub model or a
+    random policy), as (rows, checkpoints)."""
+    rows, skipped, checkpoints = [], [], []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
@@ -783,15 +798,19 @@ def read_report_rows(task, paths):
                             "other files")
         if "curve" in saved:  # an --sweep file: its best checkpoint is the row
             results = next(c["results"] for c in saved["curve"] if c["path"] == saved["best"])
+            model = saved["best"]
         else:
-            results = saved["variants"]
+            results, model = saved["variants"], saved.get("model") or ""
         rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], results))
+        name = os.path.basename(os.path.normpath(model))
+        checkpoints.append(f"step {name[5:]}" if re.fullmatch(r"step_\d+", name) else
+                           "final" if name == "final" else "-")
     if skipped:
         print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the "
               "table", file=sys.stderr)
     if not rows:
         raise UserError(f"no {task} results among the --report files")
-    return rows
+    return (rows, checkpoints) if with_checkpoints else rows
 
 # -----------------------------------------------------------------------------
 # Teacher-distilled CoT: the paper's rejection sampling from a (RL-tuned) teacher
@@ -1009,9 +1028,21 @@ def sweep_checkpoints(run_dir):
     return steps
 
 
+def shown_checkpoints(checkpoints):
+    """The checkpoint column is shown where the checkpoint rule chose a row's step_N; tables of final/ rows
+    only stay as they were."""
+    return checkpoints if any(c.startswith("step ") for c in checkpoints) else None
+
+
+def report_file_table(task, paths):
+    """The table `eval.py --report PATHS` prints."""
+    rows, checkpoints = read_report_rows(task, paths, with_checkpoints=True)
+    return format_report(task, rows, shown_checkpoints(checkpoints))
+
+
 def run_report(args):
     """--report FILES: one table from --out / --sweep files, no model needed; --plot draws it too."""
-    rows = read_report_rows(args.task, args.report)
+    rows, checkpoints = read_report_rows(args.task, args.report, with_checkpoints=True)
     make_out_dirs(args.plot, args.plot_curves)
     if args.plot_curves:  # refused before anything is written
         sweeps = [json.load(open(path, encoding="utf-8")) for path in args.report]
@@ -1021,7 +1052,7 @@ def run_report(args):
         logs = [read_jsonl(path) for path in args.logs or ()]
         if len(logs) > len(sweeps):
             raise UserError(f"--logs: {len(logs)} logs for {len(sweeps)} --sweep files (one a sweep, in order)")
-    print(format_report(args.task, rows))
+    print(format_report(args.task, rows, shown_checkpoints(checkpoints)))
     if args.plot:
         plot_report(args.task, rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -113,6 +113,8 @@ run() {
   echo "  # $(( SECONDS - t0 )) s" >> "$COMMANDS"
 }
 declare -A LABEL=([ans]="Ans." [diverse_ans]="Diver.+Ans." [cot]="CoT" [diverse_cot]="Diver.+CoT" [rl]="RL (warm)")
+# the other traces' rows say which trace they read ('CoT (search)'); eval.py --report still sets the paper's row under them
+if [ -n "${COT:-}" ]; then LABEL[cot]+=" ($COT)" LABEL[diverse_cot]+=" ($COT)"; fi
 SFT="python sft.py --seed $SEED --batch-size $BATCH --lr $LR $SFT_EXTRA --log-every 20"
 # resumable CMD OUT ARGS...: one training run of CMD (sft.py or rl.py) into OUT, skipped if OUT/final/ was
 # made by this very command (its line is kept in OUT/command.txt). An OUT left with step_N/ checkpoints and

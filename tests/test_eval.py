@@ -483,6 +483,36 @@ def test_report_puts_the_papers_row_under_each_method(tmp_path):
     assert lines[3].startswith("| *paper* | *0.98* |")
 
 
+def test_report_names_the_chosen_checkpoint_and_the_papers_row_of_a_qualified_label(tmp_path):
+    """A row the checkpoint rule chose says its step (a sweep file its best step, an --out file its model's
+    step_N); final/ rows say final; a table of final/ rows alone has no such column. 'CoT (search)' gets
+    the paper's CoT row under it, 'CoT (search) (final)' and unknown methods none."""
+    results = {v: dict(success=0.5, success_ci=(0.3, 0.7), valid=1.0) for v in evaluation.SOKOBAN_VARIANTS}
+    files = dict(ans=dict(task="sokoban", label="Ans.", model="runs/x/sok-ans/final", variants=results),
+                 cot=dict(task="sokoban", label="CoT (relative)", model="runs/x/sok-cot/step_250/", variants=results),
+                 sweep=dict(task="sokoban", label="Diver.+CoT", best="r/step_40", best_step=40,
+                            curve=[dict(step=40, path="r/step_40", average=0.5, results=results)]),
+                 final=dict(task="sokoban", label="CoT (relative) (final)", model="runs/x/sok-cot/final", variants=results),
+                 hub=dict(task="sokoban", label="Other", model="org/model", variants=results))
+    paths = {}
+    for name, saved in files.items():
+        paths[name] = str(tmp_path / f"{name}.json")
+        (tmp_path / f"{name}.json").write_text(json.dumps(saved))
+    lines = evaluation.report_file_table("sokoban", list(paths.values())).splitlines()
+    assert lines[0].endswith("| mean w/o Fake | checkpoint |")
+    labels_and_checkpoints = [(line.split(" | ")[0], line.split(" | ")[-1]) for line in lines[2:]]
+    assert labels_and_checkpoints == [("| Ans.", "final |"), ("| *paper*", " |"), ("| CoT (relative)", "step 250 |"),
+                                      ("| *paper*", " |"), ("| Diver.+CoT", "step 40 |"), ("| *paper*", " |"),
+                                      ("| CoT (relative) (final)", "final |"), ("| Other", "- |")]
+    assert lines[5].startswith("| *paper* | *1.00* | *0.73* |")  # the paper's CoT under 'CoT (relative)'
+    assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
+    finals = evaluation.report_file_table("sokoban", [paths["ans"], paths["final"]])
+    assert "checkpoint" not in finals and finals == evaluation.format_report(
+        "sokoban", evaluation.read_report_rows("sokoban", [paths["ans"], paths["final"]]))
+    assert evaluation.paper_row("gpoints", "RL (warm)") == evaluation.PAPER_TABLE1["gpoints"]["RL (warm)"]
+    assert evaluation.paper_row("gpoints", "RL (cold)") is None and evaluation.paper_row("gpoints", "CoT") is not None
+
+
 def test_report_plot_draws_the_table(tmp_path, monkeypatch):
     """--plot writes Table 1 as a PNG (atomically, one panel per method); without matplotlib it
     is a one-line error that says what to install."""
@@ -629,21 +659,22 @@ def test_readme_tables_come_from_the_committed_results():
     for task, rows in (("sokoban", "ans diverse_ans cot diverse_cot rl"),
                        ("gpoints", "ans diverse_ans cot diverse_cot rl")):
         paths = [os.path.join(ROOT, "results", "tiny", task, f"{task}-{row}.json") for row in rows.split()]
-        table = evaluation.format_report(task, evaluation.read_report_rows(task, paths))
+        table = evaluation.report_file_table(task, paths)
         assert table in readme, task
         assert open(os.path.join(ROOT, "results", "tiny", task, f"{task}.md"), encoding="utf-8").read().strip() == table
     for model, tag in (("tiny", "quick"), ("smollm2", "quick"), ("smollm2", "quick-seed1"),
                        ("smollm2", "quick-amd")):
         quick = [os.path.join(ROOT, "results", model, tag, f"sokoban-{row}.json") for row in ("ans", "diverse_ans")]
-        table = evaluation.format_report("sokoban", evaluation.read_report_rows("sokoban", quick))
+        table = evaluation.report_file_table("sokoban", quick)
         committed = open(os.path.join(ROOT, "results", model, tag, "sokoban.md"), encoding="utf-8").read()
         assert table in readme and committed.strip() == table
     # the SmolLM2 full study, row by row as its rows land (study order)
     for task in ("sokoban", "gpoints"):
         folder = os.path.join(ROOT, "results", "smollm2", task)
-        rows = [os.path.join(folder, f"{task}-{row}.json")
-                for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
+        rows = [os.path.join(folder, f"{task}-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
         rows = [p for p in rows if os.path.exists(p)]
-        table = evaluation.format_report(task, evaluation.read_report_rows(task, rows))
+        if task == "gpoints":  # the searching CoT's row (COT=search, its own folder) under the path one
+            rows.insert(3, os.path.join(ROOT, "results", "smollm2", "gpoints-cotsearch", "gpoints-cot.json"))
+        table = evaluation.report_file_table(task, rows)
         committed = open(os.path.join(folder, f"{task}.md"), encoding="utf-8").read()
         assert rows and table in readme and committed.strip() == table, task

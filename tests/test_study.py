@@ -107,3 +107,22 @@ def test_searching_cot_gets_room_for_its_replies_and_smaller_micro_batches(tmp_p
     assert search["BATCH"] == plain["BATCH"] == "32"  # accumulation, not a smaller batch
     assert _study_header(tmp_path, "gpoints", COT="search", MICRO="8")["MICRO"] == "8"
     assert _study_header(tmp_path, "sokoban")["MICRO"] == "32"
+
+
+def test_other_traces_rows_say_which_trace_they_read(tmp_path):
+    """COT=search / COT=relative rows are labelled 'CoT (search)' / 'Diver.+CoT (relative)' (eval.py --report
+    still sets the paper's row under them); the default trace's rows keep the paper's names."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")  # every step "succeeds" and writes nothing
+    (bin_dir / "python").chmod(0o755)
+
+    def first_row(task, row, **env):
+        result = subprocess.run(["bash", "study.sh", task], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ROWS": row,
+                                     "SWEEP_LIMIT": "0", "OUT": str(tmp_path / "out"), **env})
+        return next(l.split("] ", 1)[1].split(":")[0] for l in result.stdout.splitlines() if ": SFT on " in l)
+
+    assert first_row("gpoints", "cot", COT="search") == "gpoints CoT (search)"
+    assert first_row("sokoban", "diverse_cot", COT="relative") == "sokoban Diver.+CoT (relative)"
+    assert first_row("gpoints", "cot") == "gpoints CoT"

@@ -775,6 +775,40 @@ def _plot_train_log(ax, rows, window=5):
         right.legend(fontsize=7, loc="upper right")
 
 
+HELD_OUT = ("_first_move_acc", "_success")  # rl.py --eval-every's scores drawn by --plot-logs
+
+
+def log_name(path):
+    """A panel's title: the run folder of OUT/log.jsonl, else the file's name."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.basename(folder) if name == "log.jsonl" else os.path.splitext(name)[0]
+
+
+def plot_logs(logs, path):
+    """--plot-logs: [(title, rl.py log rows)], a panel each: the share of replies right, of groups without
+    variance, and the held-out scores (dots) on the left axis; the mean reward on the right one."""
+    fig, axes = _panels("--plot-logs", len(logs), (8, 2.3 * len(logs) + 0.5), sharex=True)
+    for ax, (title, rows) in zip(axes, logs):
+        def series(key):
+            kept = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            return [s for s, _ in kept], [v for _, v in kept]
+        ax.plot(*series("accuracy"), color="tab:blue", lw=1.2, label="train: replies right")
+        ax.plot(*series("zero_var_groups"), color="tab:blue", lw=1.2, ls="--", label="train: groups w/o variance")
+        for key in sorted({k for r in rows for k in r if k.endswith(HELD_OUT)}):
+            ax.plot(*series(key), marker="o", lw=1, label=f"held-out: {key}")
+        right = ax.twinx()
+        right.plot(*series("reward"), color="gray", lw=1, label="train: mean reward")
+        right.set_ylabel("reward", color="gray")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share")
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    axes[-1].set_xlabel("RL step")
+    _save_png(fig, path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def read_report_rows(task, paths, with_checkpoints=False):
     """(label, results) of every --out or --sweep file (a sweep's best checkpoint) for the --report
     table. A file of another benchmark is refused; files of the base model's skills (task 'base',
@@ -870,7 +904,11 @@ def get_parser():
     parser.add_argument("--plot-curves", metavar="PNG", help="with --report: draw each --sweep file's curve, success "
                         "per variant against the training step (needs matplotlib)")
     parser.add_argument("--logs", nargs="+", metavar="JSONL", help="with --plot-curves: each --sweep file's training "
-                        "log (sft.py's or rl.py's log.jsonl), in the same order, drawn on its panel")
+                        "log (sft.py's or rl.py's log.jsonl), in the same order, drawn on its panel; with --plot-logs: "
+                        "the rl.py logs to draw")
+    parser.add_argument("--plot-logs", metavar="PNG", help="draw each --logs file (rl.py's log.jsonl) in a panel against "
+                        "the step: reward, replies right, groups without variance, and the --eval-every held-out "
+                        "scores (no model needed; e.g. runs of an lr / temperature sweep side by side)")
     group = parser.add_argument_group("checkpoint selection and distillation")
     group.add_argument("--sweep", metavar="RUN_DIR",
                        help="evaluate every RUN_DIR/step_N and report the best (mean success without Fake)")
@@ -884,7 +922,13 @@ def get_parser():
 
 def check_args(args):
     """Reject values that make no sense and an --out that cannot be written, before any model is loaded."""
-    refuse([(args.logs and not args.plot_curves, "--logs go with --report ... --plot-curves PNG")])
+    refuse([(args.logs and not (args.plot_curves or args.plot_logs),
+             "--logs go with --report ... --plot-curves PNG, or with --plot-logs PNG"),
+            (args.plot_logs and not args.logs, "--plot-logs PNG draws --logs JSONL...: name the logs"),
+            (args.plot_logs and (args.report or args.model or args.sweep or args.distill),
+             "--plot-logs reads training logs only: leave out --report, --model, --sweep and --distill")])
+    if args.plot_logs:
+        return check_out_dir(os.path.dirname(os.path.abspath(args.plot_logs)), f"--plot-logs {args.plot_logs}")
     if args.report:
         refuse([(args.model or args.sweep or args.distill,
                  "--report reads result files only: leave out --model, --sweep and --distill")])
@@ -923,6 +967,9 @@ def main(argv=None):
     check_args(args)
     if args.report:
         return run_report(args)
+    if args.plot_logs:
+        make_out_dirs(args.plot_logs)
+        return plot_logs([(log_name(path), read_jsonl(path)) for path in args.logs], args.plot_logs)
     # the model's path and the reply cap resolved, in a copy that --out records as the run's args
     cap = 1024 if args.distill else 256 if args.task == "sokoban" else 512
     model = args.model if args.model == "random" else args.model and resolve_model(args.model)

@@ -856,17 +856,18 @@ def main(argv=None, reward_fn=None, correct_fn=None):
         # 5. the log, from sums over ranks; a signal on any rank stops them all after this step
         row, signalled = log_row(run, step, ro, (zero_var, zero_var_trained, drawn), learned,
                                  (t_sample, time.time() - t1), stopper.signum)
+        diverged = not all(math.isfinite(g) for g in grad_norms)  # the norms are global: every rank stops
+        if args.eval_every and (step + 1) % args.eval_every == 0 and not diverged:
+            row.update(evaluate_now(run, step + 1, ro))  # held-out scores join the step's log line
         if master:
             log_step(args.out, row, pbar, step == run.start_step or (step + 1) % args.log_every == 0,
                      log_line(row, args), reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.2f}")
             rows_log.append(row)
-        if not all(math.isfinite(g) for g in grad_norms):  # the norms are global: every rank stops here
+        if diverged:
             kept = latest_checkpoint(args.out)
             raise UserError(f"step {step + 1}: gradient norms {grad_norms}: the run diverged and stopped without "
                             f"this update ({'last checkpoint ' + kept if kept else 'no checkpoint yet'}); try a lower "
                             "--lr or --grad-clip 1")
-        if args.eval_every and (step + 1) % args.eval_every == 0:  # the scores join the returned row only
-            row.update(evaluate_now(run, step + 1, ro))
         stop = signalled > 0 and step + 1 < args.max_steps  # a signal in the last step lets final/ be written
         if (args.save_every and (step + 1) % args.save_every == 0 or stop) and step + 1 < args.max_steps:
             save_rl_checkpoint(run, f"step_{step + 1}", step + 1)

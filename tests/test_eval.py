@@ -513,6 +513,31 @@ def test_report_names_the_chosen_checkpoint_and_the_papers_row_of_a_qualified_la
     assert evaluation.paper_row("gpoints", "RL (cold)") is None and evaluation.paper_row("gpoints", "CoT") is not None
 
 
+def test_plot_logs_draws_rl_logs_side_by_side_and_refuses_what_it_cannot_draw(tmp_path, monkeypatch):
+    """--plot-logs: one panel per rl.py log, the held-out scores of --eval-every among its series; without
+    --logs, or beside a model, it is refused before anything is written."""
+    log = tmp_path / "lr1e-5" / "log.jsonl"
+    log.parent.mkdir()
+    rows = [dict(step=s, reward=0.1 * s, accuracy=0.1 * s, zero_var_groups=0.05 * s) for s in (1, 2, 3, 4)]
+    rows[1].update(eval_id_first_move_acc=0.5, eval_id_success=0.2, eval_id_n=10)
+    rows[3].update(eval_id_first_move_acc=0.6, eval_id_success=0.3, eval_id_n=10)
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = {}
+    monkeypatch.setattr(evaluation, "_save_png", lambda fig, path: drawn.update(
+        titles=[ax.get_title(loc="left") for ax in fig.axes],
+        lines={line.get_label(): list(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()}))
+    pytest.importorskip("matplotlib")
+    evaluation.main(["--task", "sokoban", "--plot-logs", str(tmp_path / "p.png"), "--logs", str(log), str(log)])
+    assert drawn["titles"].count("lr1e-5") == 2
+    assert drawn["lines"]["held-out: eval_id_success"] == [2, 4] and "held-out: eval_id_n" not in drawn["lines"]
+    assert drawn["lines"]["train: groups w/o variance"] == [1, 2, 3, 4]
+    for argv, message in ((["--plot-logs", "x.png"], "name the logs"),
+                          (["--plot-logs", "x.png", "--logs", str(log), "--model", "m"], "training logs only"),
+                          (["--logs", str(log)], "--logs go with")):
+        with pytest.raises(evaluation.UserError, match=message):
+            evaluation.check_args(evaluation.get_parser().parse_args(["--task", "sokoban", *argv]))
+
+
 def test_report_plot_draws_the_table(tmp_path, monkeypatch):
     """--plot writes Table 1 as a PNG (atomically, one panel per method); without matplotlib it
     is a one-line error that says what to install."""

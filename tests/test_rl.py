@@ -210,6 +210,15 @@ def half_constant_reward(reply, meta):
     return float(len(reply)) if WORDS.index(meta["word"]) % 2 else 0.0
 
 
+def test_held_out_scores_join_the_log_line_of_their_step(toy, tmp_path):
+    """--eval-every: the held-out scores are in OUT/log.jsonl (to plot against steps), on the steps they ran."""
+    data, _ = toy
+    run_rl(toy, tmp_path / "run", "--max-steps", 2, "--eval-every", 2, "--eval-data", data, "--eval-limit", 3)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "prompts_first_move_acc" not in rows[0] and rows[1]["prompts_first_move_acc"] == 0.0  # never_correct
+
+
 def test_dynamic_sampling_replaces_groups_without_variance(toy, tmp_path):
     extra = ["--max-steps", "3", "--prompts-per-step", "8"]
     plain = run_rl(toy, tmp_path / "plain", *extra, reward=half_constant_reward)

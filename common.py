@@ -278,10 +278,14 @@ def load_trainer_state(ckpt_dir, model, optimizer):
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     return state
 
+def step_of(name):
+    """N of a checkpoint folder named step_N, else None."""
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
 def step_dirs(out_dir):
     """[(N, path)] of every OUT/step_N/, by step."""
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-    return sorted((int(d[5:]), os.path.join(out_dir, d)) for d in names if d.startswith("step_") and d[5:].isdigit())
+    return sorted((step_of(d), os.path.join(out_dir, d)) for d in names if step_of(d) is not None)
 
 def latest_checkpoint(out_dir):
     """The newest complete OUT/step_N/ (it has trainer_state.pt), or None."""

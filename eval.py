@@ -666,11 +666,14 @@ def paper_row(task, label):
 
 def format_report(task, rows, checkpoints=None):
     """One Markdown table from several result files: a row per method (success, and the paper's
-    success below it where the method is one of Table 1's), variants as columns. With `checkpoints`
-    (one per row, e.g. 'step 250' or 'final'), a last column says which checkpoint each row is.
-    General Points results that hold `values_read` get a second table of it."""
+    success below it where the method is one of Table 1's), variants as columns. `checkpoints` (one
+    per row, e.g. 'step 250' or 'final') become a last column once one of them is a step the checkpoint
+    rule chose; tables of final/ rows print as before. General Points results that hold `values_read`
+    get a second table of it."""
     variants = VARIANTS[task]
     cells = lambda results, key: [f"{results[v][key]:.2f}" if v in results else "-" for v in variants]
+    if not any(c.startswith("step ") for c in checkpoints or ()):
+        checkpoints = None
     extra = ["checkpoint"] if checkpoints else []
     lines = [_md_row("method", [*variants, "mean w/o Fake", *extra]), "|---|" + "---|" * (len(variants) + 1 + len(extra))]
     for i, (label, results) in enumerate(rows):
@@ -757,10 +760,16 @@ def plot_curves(sweeps, path, logs=()):
     _save_png(fig, path)
 
 
+def _log_series(rows, key):
+    """(steps, values) of a training log's rows that hold a number under `key`."""
+    kept = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
 def _plot_train_log(ax, rows, window=5):
     """A training log's curves in gray, each a running mean over `window` steps."""
     def smooth(key):
-        kept = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        kept = list(zip(*_log_series(rows, key)))
         w = min(window, len(kept)) or 1
         return ([s for s, _ in kept[w - 1:]],
                 [sum(v for _, v in kept[i - w + 1:i + 1]) / w for i in range(w - 1, len(kept))])
@@ -789,9 +798,7 @@ def plot_logs(logs, path):
     variance, and the held-out scores (dots) on the left axis; the mean reward on the right one."""
     fig, axes = _panels("--plot-logs", len(logs), (8, 2.3 * len(logs) + 0.5), sharex=True)
     for ax, (title, rows) in zip(axes, logs):
-        def series(key):
-            kept = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            return [s for s, _ in kept], [v for _, v in kept]
+        series = functools.partial(_log_series, rows)
         ax.plot(*series("accuracy"), color="tab:blue", lw=1.2, label="train: replies right")
         ax.plot(*series("zero_var_groups"), color="tab:blue", lw=1.2, ls="--", label="train: groups w/o variance")
         for key in sorted({k for r in rows for k in r if k.endswith(HELD_OUT)}):
@@ -806,7 +813,6 @@ def plot_logs(logs, path):
         ax.legend(fontsize=7, ncol=2, loc="upper left")
     axes[-1].set_xlabel("RL step")
     _save_png(fig, path)
-    print(f"wrote {path}", file=sys.stderr)
 
 
 def read_report_rows(task, paths, with_checkpoints=False):
@@ -837,8 +843,8 @@ def read_report_rows(task, paths, with_checkpoints=False):
             results, model = saved["variants"], saved.get("model") or ""
         rows.append((saved.get("label") or os.path.splitext(os.path.basename(path))[0], results))
         name = os.path.basename(os.path.normpath(model))
-        checkpoints.append(f"step {name[5:]}" if re.fullmatch(r"step_\d+", name) else
-                           "final" if name == "final" else "-")
+        step = common.step_of(name)
+        checkpoints.append(f"step {step}" if step is not None else "final" if name == "final" else "-")
     if skipped:
         print(f"eval.py: note: skipped {', '.join(skipped)}: the base model's skills (task 'base'), not a row of the "
               "table", file=sys.stderr)
@@ -969,7 +975,9 @@ def main(argv=None):
         return run_report(args)
     if args.plot_logs:
         make_out_dirs(args.plot_logs)
-        return plot_logs([(log_name(path), read_jsonl(path)) for path in args.logs], args.plot_logs)
+        plot_logs([(log_name(path), read_jsonl(path)) for path in args.logs], args.plot_logs)
+        print(f"wrote {args.plot_logs}", file=sys.stderr)
+        return
     # the model's path and the reply cap resolved, in a copy that --out records as the run's args
     cap = 1024 if args.distill else 256 if args.task == "sokoban" else 512
     model = args.model if args.model == "random" else args.model and resolve_model(args.model)
@@ -1075,16 +1083,9 @@ def sweep_checkpoints(run_dir):
     return steps
 
 
-def shown_checkpoints(checkpoints):
-    """The checkpoint column is shown where the checkpoint rule chose a row's step_N; tables of final/ rows
-    only stay as they were."""
-    return checkpoints if any(c.startswith("step ") for c in checkpoints) else None
-
-
 def report_file_table(task, paths):
     """The table `eval.py --report PATHS` prints."""
-    rows, checkpoints = read_report_rows(task, paths, with_checkpoints=True)
-    return format_report(task, rows, shown_checkpoints(checkpoints))
+    return format_report(task, *read_report_rows(task, paths, with_checkpoints=True))
 
 
 def run_report(args):
@@ -1099,7 +1100,7 @@ def run_report(args):
         logs = [read_jsonl(path) for path in args.logs or ()]
         if len(logs) > len(sweeps):
             raise UserError(f"--logs: {len(logs)} logs for {len(sweeps)} --sweep files (one a sweep, in order)")
-    print(format_report(args.task, rows, shown_checkpoints(checkpoints)))
+    print(format_report(args.task, rows, checkpoints))
     if args.plot:
         plot_report(args.task, rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

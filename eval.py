@@ -769,10 +769,9 @@ def _log_series(rows, key):
 def _plot_train_log(ax, rows, window=5):
     """A training log's curves in gray, each a running mean over `window` steps."""
     def smooth(key):
-        kept = list(zip(*_log_series(rows, key)))
-        w = min(window, len(kept)) or 1
-        return ([s for s, _ in kept[w - 1:]],
-                [sum(v for _, v in kept[i - w + 1:i + 1]) / w for i in range(w - 1, len(kept))])
+        steps, values = _log_series(rows, key)
+        w = min(window, len(values)) or 1
+        return steps[w - 1:], [sum(values[i - w + 1:i + 1]) / w for i in range(w - 1, len(values))]
     if any("zero_var_groups" in r for r in rows):  # rl.py's log (GRPO)
         ax.plot(*smooth("accuracy"), color="gray", lw=1.2, label=f"train: replies right ({window}-step mean)")
         ax.plot(*smooth("zero_var_groups"), color="gray", lw=1.2, ls="--", label="train: groups w/o variance")

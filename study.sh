@@ -26,7 +26,8 @@
 # make_data.py's generic corpus in two stages (copying first, then copying, lookups and arithmetic
 # mixed), scored by eval.py --task base; every row then fine-tunes it.
 # Each row is a separate run with its own folder: rows are independent, and one that has its
-# result JSON already is skipped, so an interrupted study resumes where it stopped (FRESH=1 redoes all).
+# result JSON already (and, when it was swept, its final/ one) is skipped, so an interrupted study resumes
+# where it stopped (FRESH=1 redoes all).
 # Each mode and seed has its own folders, TAG=MODE (MODE-seedN for SEED=N > 0): runs in $OUT/runs/TAG,
 # results in $OUT/results/TAG/*.json, a table in $OUT/results/TAG/TASK.md (eval.py --report, the
 # paper's numbers beside ours), and every command with its wall time in $OUT/results/TAG/TASK-commands.txt.
@@ -181,7 +182,8 @@ fi
 
 for row in $ROWS; do
   run=$R/$TASK-$row
-  if [ -f "$RES/$TASK-$row.json" ] && [ -z "${FRESH:-}" ]; then
+  if [ -f "$RES/$TASK-$row.json" ] && { [ ! -f "$RES/$TASK-$row-sweep.json" ] || [ -f "$RES/$TASK-$row-final.json" ]; } \
+      && [ -z "${FRESH:-}" ]; then
     log "$TASK ${LABEL[$row]}: done already ($RES/$TASK-$row.json), skipped"
     continue
   fi
@@ -205,16 +207,24 @@ for row in $ROWS; do
   chosen=$run/final
   if [ "$SWEEP_LIMIT" != 0 ] && compgen -G "$run/step_*" > /dev/null; then
     chosen=$(sweep "$row" "$run" "${LABEL[$row]}")
-    if [ "$chosen" != "$run/final" ] && [ ! -f "$RES/$TASK-$row-final.json" ]; then
+  fi
+  # the row first (what the table shows), then final/ beside it: a study stopped between the two resumes at final/
+  if [ -f "$RES/$TASK-$row.json" ] && [ -z "${FRESH:-}" ]; then
+    log "$TASK ${LABEL[$row]}: $chosen evaluated already ($RES/$TASK-$row.json), kept"
+  else
+    log "$TASK ${LABEL[$row]}: evaluation of $chosen"
+    run $EVAL --task "$TASK" --model "$chosen" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
+      --out "$RES/$TASK-$row.json"
+  fi
+  if [ -f "$RES/$TASK-$row-sweep.json" ] && { [ ! -f "$RES/$TASK-$row-final.json" ] || [ -n "${FRESH:-}" ]; }; then
+    if [ "$chosen" = "$run/final" ]; then
+      cp "$RES/$TASK-$row.json" "$RES/$TASK-$row-final.json"
+    else
       log "$TASK ${LABEL[$row]}: final/ evaluated beside the chosen $chosen"
       run $EVAL --task "$TASK" --model "$run/final" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" \
         --label "${LABEL[$row]} (final)" --out "$RES/$TASK-$row-final.json"
     fi
   fi
-  log "$TASK ${LABEL[$row]}: evaluation of $chosen"
-  run $EVAL --task "$TASK" --model "$chosen" --limit "$LIMIT" --max-new-tokens "$MAX_NEW" --label "${LABEL[$row]}" \
-    --out "$RES/$TASK-$row.json"
-  if [ "$chosen" = "$run/final" ] && [ -f "$RES/$TASK-$row-sweep.json" ]; then cp "$RES/$TASK-$row.json" "$RES/$TASK-$row-final.json"; fi
 done
 
 python eval.py --task "$TASK" --report $(for row in $ROWS; do echo "$RES/$TASK-$row.json"; done) | tee "$RES/$TASK.md"

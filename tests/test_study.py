@@ -126,3 +126,50 @@ def test_other_traces_rows_say_which_trace_they_read(tmp_path):
     assert first_row("gpoints", "cot", COT="search") == "gpoints CoT (search)"
     assert first_row("sokoban", "diverse_cot", COT="relative") == "sokoban Diver.+CoT (relative)"
     assert first_row("gpoints", "cot") == "gpoints CoT"
+
+
+FAKE_PYTHON = r"""#!/bin/bash
+# stands in for python: logs its arguments; sft.py leaves a run with one checkpoint, eval.py its --out file,
+# `python -c` (the sweep's choice) prints $FAKE_BEST; an eval.py into *-final.json fails if $FAIL_FINAL is set
+echo "$*" >> "$FAKE_LOG"
+[ "$1" = -c ] && { echo "$FAKE_BEST"; exit 0; }
+out= prev=
+for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+case $1 in
+  sft.py) mkdir -p "$out/step_50" "$out/final" && echo {} > "$out/final/config.json" && echo {} > "$out/log.jsonl" ;;
+  eval.py) [[ -n ${FAIL_FINAL:-} && $out == *-final.json ]] && exit 1; [ -n "$out" ] && echo {} > "$out" ;;
+esac
+exit 0
+"""
+
+
+def test_rule_evaluates_the_chosen_checkpoint_first_and_a_stopped_study_resumes_at_final(tmp_path):
+    """Under the checkpoint rule the row (the chosen step_N/) is evaluated before final/; a study stopped
+    between the two resumes at final/: nothing re-trained, the row's evaluation kept."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    out, log = tmp_path / "out", tmp_path / "calls.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "ROWS": "cot",
+           "FAKE_LOG": str(log), "FAKE_BEST": str(out / "runs" / "sokoban" / "sokoban-cot" / "step_50")}
+    res = out / "results" / "sokoban"
+
+    def study(**extra):
+        log.write_text("")
+        result = subprocess.run(["bash", "study.sh", "sokoban"], cwd=ROOT, capture_output=True, text=True,
+                                env={**env, **extra})
+        evals = [line.split("--out ")[1].split()[0] for line in log.read_text().splitlines()
+                 if line.startswith("eval.py") and "--report" not in line]
+        trained = any(line.startswith("sft.py") for line in log.read_text().splitlines())
+        return result.returncode, [os.path.basename(p) for p in evals], trained
+
+    rc, evals, trained = study(FAIL_FINAL="1")  # stopped during final/'s evaluation
+    assert rc != 0 and trained
+    assert evals == ["sokoban-cot-sweep.json", "sokoban-cot.json", "sokoban-cot-final.json"]
+    assert (res / "sokoban-cot.json").exists() and not (res / "sokoban-cot-final.json").exists()
+    rc, evals, trained = study()
+    assert rc == 0 and not trained
+    assert evals == ["sokoban-cot-sweep.json", "sokoban-cot-final.json"]  # the sweep keeps what it measured
+    rc, evals, trained = study()  # both results there: the row is skipped
+    assert rc == 0 and not trained and evals == []

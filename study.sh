@@ -209,7 +209,8 @@ for row in $ROWS; do
     chosen=$(sweep "$row" "$run" "${LABEL[$row]}")
   fi
   # the row first (what the table shows), then final/ beside it: a study stopped between the two resumes at final/
-  if [ -f "$RES/$TASK-$row.json" ] && [ -z "${FRESH:-}" ]; then
+  # (the row's result is kept if it is newer than the training, i.e. of this very run)
+  if [ -f "$RES/$TASK-$row.json" ] && [ "$RES/$TASK-$row.json" -nt "$run/command.txt" ] && [ -z "${FRESH:-}" ]; then
     log "$TASK ${LABEL[$row]}: $chosen evaluated already ($RES/$TASK-$row.json), kept"
   else
     log "$TASK ${LABEL[$row]}: evaluation of $chosen"

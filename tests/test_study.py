@@ -145,7 +145,8 @@ exit 0
 
 def test_rule_evaluates_the_chosen_checkpoint_first_and_a_stopped_study_resumes_at_final(tmp_path):
     """Under the checkpoint rule the row (the chosen step_N/) is evaluated before final/; a study stopped
-    between the two resumes at final/: nothing re-trained, the row's evaluation kept."""
+    between the two resumes at final/: nothing re-trained, the row's evaluation kept (unless the row is
+    re-trained, by another command)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(FAKE_PYTHON)
@@ -173,3 +174,8 @@ def test_rule_evaluates_the_chosen_checkpoint_first_and_a_stopped_study_resumes_
     assert evals == ["sokoban-cot-sweep.json", "sokoban-cot-final.json"]  # the sweep keeps what it measured
     rc, evals, trained = study()  # both results there: the row is skipped
     assert rc == 0 and not trained and evals == []
+    # stopped again before final/, then run with another step count: re-trained, so the row is evaluated anew
+    (res / "sokoban-cot-final.json").unlink()
+    rc, evals, trained = study(STEPS="10")
+    assert rc == 0 and trained
+    assert evals == ["sokoban-cot-sweep.json", "sokoban-cot.json", "sokoban-cot-final.json"]

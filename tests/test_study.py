@@ -84,14 +84,19 @@ def test_readme_demo_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "sok-rl" / "final" / "model.safetensors").is_file()
 
 
-def _study_header(tmp_path, mode, **env):
-    """study.sh's settings line, with a `python` that fails so that nothing after it runs."""
+def _path_with_python(tmp_path, script):
+    """A PATH whose `python` is `script`, a stand-in that lets study.sh run without training anything."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").write_text("#!/bin/sh\nexit 3\n")
+    (bin_dir / "python").write_text(script)
     (bin_dir / "python").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def _study_header(tmp_path, mode, **env):
+    """study.sh's settings line, with a `python` that fails so that nothing after it runs."""
     result = subprocess.run(["bash", "study.sh", mode], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                            env={**os.environ, "PATH": _path_with_python(tmp_path, "#!/bin/sh\nexit 3\n"),
                                  "OUT": str(tmp_path / "out"), **env})
     assert result.returncode != 0  # stopped at make_data.py, as intended
     line = next(l for l in result.stdout.splitlines() if l.startswith(f"study.sh {mode}:"))
@@ -112,14 +117,11 @@ def test_searching_cot_gets_room_for_its_replies_and_smaller_micro_batches(tmp_p
 def test_other_traces_rows_say_which_trace_they_read(tmp_path):
     """COT=search / COT=relative rows are labelled 'CoT (search)' / 'Diver.+CoT (relative)' (eval.py --report
     still sets the paper's row under them); the default trace's rows keep the paper's names."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")  # every step "succeeds" and writes nothing
-    (bin_dir / "python").chmod(0o755)
+    path = _path_with_python(tmp_path, "#!/bin/sh\nexit 0\n")  # every step "succeeds" and writes nothing
 
     def first_row(task, row, **env):
         result = subprocess.run(["bash", "study.sh", task], cwd=ROOT, capture_output=True, text=True,
-                                env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ROWS": row,
+                                env={**os.environ, "PATH": path, "ROWS": row,
                                      "SWEEP_LIMIT": "0", "OUT": str(tmp_path / "out"), **env})
         return next(l.split("] ", 1)[1].split(":")[0] for l in result.stdout.splitlines() if ": SFT on " in l)
 
@@ -147,12 +149,8 @@ def test_rule_evaluates_the_chosen_checkpoint_first_and_a_stopped_study_resumes_
     """Under the checkpoint rule the row (the chosen step_N/) is evaluated before final/; a study stopped
     between the two resumes at final/: nothing re-trained, the row's evaluation kept (unless the row is
     re-trained, by another command)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(FAKE_PYTHON)
-    (bin_dir / "python").chmod(0o755)
     out, log = tmp_path / "out", tmp_path / "calls.txt"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "ROWS": "cot",
+    env = {**os.environ, "PATH": _path_with_python(tmp_path, FAKE_PYTHON), "OUT": str(out), "ROWS": "cot",
            "FAKE_LOG": str(log), "FAKE_BEST": str(out / "runs" / "sokoban" / "sokoban-cot" / "step_50")}
     res = out / "results" / "sokoban"
 

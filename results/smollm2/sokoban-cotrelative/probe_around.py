@@ -6,17 +6,18 @@ import sys
 
 sys.path.insert(0, ".")
 import common  # noqa: E402
+import env_sokoban as sok  # noqa: E402
 import eval as evaluation  # noqa: E402
+import make_data  # noqa: E402
 
-CONTENT = {"#": "wall", "_": "floor", "O": "target", "X": "box", "√": "box on target"}
-DELTAS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+DELTAS = {a.lower(): d for a, d in sok.ACTION_DELTAS.items()}  # the trace's order: up, down, left, right
 AROUND = re.compile(r"around: up ([a-z ]+), down ([a-z ]+), left ([a-z ]+), right ([a-z ]+)\.")
 
 
 def truth(grid):
-    cells = [line.split() for line in grid.split("\n")]
-    r, c = next((i, j) for i, row in enumerate(cells) for j, s in enumerate(row) if s in "PS")
-    return [CONTENT[cells[r + dr][c + dc]] for dr, dc in DELTAS.values()]
+    """The four cells around the player in the words the training traces use (make_data._content)."""
+    env = sok.SokobanEnv.from_text(grid)
+    return [make_data._content(env, (env.player[0] + dr, env.player[1] + dc)) for dr, dc in DELTAS.values()]
 
 
 model_dir, data_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 50

@@ -700,9 +700,11 @@ def test_readme_tables_come_from_the_committed_results():
         rows = [p for p in rows if os.path.exists(p)]
         if task == "gpoints":  # the searching CoT's row (COT=search, its own folder) under the path one
             rows.insert(3, os.path.join(ROOT, "results", "smollm2", "gpoints-cotsearch", "gpoints-cot.json"))
-        else:  # the relative CoT's row (COT=relative) under the absolute one; the RL (warm) row from the 125-step
-            # warm start, kept in its own folder beside the re-run
-            rows.insert(3, os.path.join(ROOT, "results", "smollm2", "sokoban-cotrelative", "sokoban-cot.json"))
+        else:  # the relative CoT's rows (COT=relative) each under its absolute one; the RL (warm) row from the
+            # 125-step warm start, kept in its own folder beside the re-run
+            relative = os.path.join(ROOT, "results", "smollm2", "sokoban-cotrelative")
+            rows.insert(3, os.path.join(relative, "sokoban-cot.json"))
+            rows.insert(5, os.path.join(relative, "sokoban-diverse_cot.json"))
             rows.append(os.path.join(ROOT, "results", "smollm2", "sokoban-rlwarm-lr1e-4-row", "sokoban-rl.json"))
         table = evaluation.report_file_table(task, rows)
         committed = open(os.path.join(folder, f"{task}.md"), encoding="utf-8").read()

@@ -698,8 +698,10 @@ def test_readme_tables_come_from_the_committed_results():
         folder = os.path.join(ROOT, "results", "smollm2", task)
         rows = [os.path.join(folder, f"{task}-{row}.json") for row in ("ans", "diverse_ans", "cot", "diverse_cot", "rl")]
         rows = [p for p in rows if os.path.exists(p)]
-        if task == "gpoints":  # the searching CoT's row (COT=search, its own folder) under the path one
-            rows.insert(3, os.path.join(ROOT, "results", "smollm2", "gpoints-cotsearch", "gpoints-cot.json"))
+        if task == "gpoints":  # the searching CoT's rows (COT=search, their own folder) each under its path one
+            search = os.path.join(ROOT, "results", "smollm2", "gpoints-cotsearch")
+            rows.insert(3, os.path.join(search, "gpoints-cot.json"))
+            rows.insert(5, os.path.join(search, "gpoints-diverse_cot.json"))
         else:  # the relative CoT's rows (COT=relative) each under its absolute one; the RL (warm) row from the
             # 125-step warm start, kept in its own folder beside the re-run
             relative = os.path.join(ROOT, "results", "smollm2", "sokoban-cotrelative")
